@@ -1,0 +1,33 @@
+# Ferry's Makefile: a thin facade over scripts/. `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+
+.PHONY: help setup run test lint typecheck unit fmt clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## install the venv, packages, nats-server (and Debian packages when root)
+	@scripts/setup.sh
+
+run: setup ## start the local stack (nats-server + services) for this host; Ctrl-C stops it
+	@$(VENV)/bin/ferry stack run
+
+test: setup ## lint, type checks and every test
+	@scripts/test.sh
+
+lint: setup ## ruff (lint and format check)
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: setup ## mypy (strict on libs/)
+	@$(VENV)/bin/mypy
+
+unit: setup ## the unit tests only (no root, no peers)
+	@$(VENV)/bin/pytest tests/unit
+
+fmt: setup ## format the code
+	@$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean: ## remove the venv, tools and local state
+	rm -rf .venv .tools .ferry .pytest_cache .mypy_cache .ruff_cache

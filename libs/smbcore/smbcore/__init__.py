@@ -1,0 +1,1 @@
+"""SMB 3.x protocol core, server and client (see the issues for what lands here)."""

@@ -1,0 +1,1 @@
+"""Ferry discovery service: reads this host's NICs from the kernel and publishes them."""
