@@ -59,6 +59,10 @@ def load_stack(path: Path) -> StackConfig:
         raise CliError(f"stack file {path} does not exist", 2) from None
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"stack file {path} is not valid TOML: {exc}", 2) from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"stack file {path} is not UTF-8: {exc}", 2) from None
+    except OSError as exc:
+        raise CliError(f"cannot read stack file {path}: {exc.strerror}", 2) from None
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise CliError(f"invalid stack file {path}:\n" + "\n".join(lines), 2) from None

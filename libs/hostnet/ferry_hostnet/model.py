@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
@@ -111,7 +112,10 @@ def parse_speed(value: int | str) -> int:
     match = _SPEED_RE.match(value)
     if not match:
         raise ValueError(f"a speed such as 10G, 25Gbit/s or a number of bit/s, got {value!r}")
-    bps = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    exact = Decimal(match.group(1)) * _UNITS[match.group(2).lower()]
+    if exact != exact.to_integral_value():
+        raise ValueError(f"a speed of a whole number of bit/s, got {value!r}")
+    bps = int(exact)
     if bps <= 0:
         raise ValueError("a positive speed")
     return bps

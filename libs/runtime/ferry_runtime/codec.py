@@ -43,7 +43,7 @@ class Schema(Generic[M]):
         if envelope["schema"] != self.name:
             raise PayloadError(f"expected schema {self.name}, got {envelope['schema']!r}")
         version = envelope["v"]
-        if not isinstance(version, int) or not 1 <= version <= self.version:
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= self.version:
             raise PayloadError(
                 f"{self.name}: unsupported version {version!r} (this reader knows 1..{self.version})"
             )

@@ -41,7 +41,7 @@ class Section(BaseModel):
 
 
 def validate_host_name(value: str) -> str:
-    if len(value) > 253 or not HOST_NAME_RE.match(value):
+    if len(value) > 253 or not HOST_NAME_RE.fullmatch(value):
         raise ValueError(
             "a host name of letters, digits, '-' and '_' in dot-separated labels, at most 253 characters"
         )
@@ -79,7 +79,7 @@ class NatsSettings(Section):
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
         for url in value:
-            if not re.match(r"^(nats|tls|ws|wss)://[^/\s]+$", url):
+            if not re.fullmatch(r"(nats|tls|ws|wss)://[^/\s]+", url):
                 raise ValueError(f"a NATS URL like nats://host:4222, got {url!r}")
         return value
 
@@ -159,6 +159,8 @@ def load_settings(cls: type[S], path: str | os.PathLike[str] | None = None) -> S
             raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {file} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"configuration file {file} is not UTF-8: {exc}") from None
     _overlay_environment(cls, data, os.environ)
     try:
         return cls.model_validate(data)
@@ -171,14 +173,19 @@ def _overlay_environment(cls: type[ServiceSettings], data: dict[str, Any], env: 
 
     Only variables whose first part names a top-level setting are taken, so that other
     ``FERRY_*`` variables (``FERRY_CONFIG``, the CLI's) are not mistaken for settings.
+    The first and last parts (section and key) are case-insensitive; parts between them
+    are dictionary keys and keep their case (``FERRY_INTERFACES__enP4p1s0f0__SPEED=25G``).
     Values stay strings; the model converts them (numbers, booleans, comma-separated lists).
     """
     top = set(cls.model_fields)
     for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in top or not all(path):
+        path = name[len(ENV_PREFIX) :].split("__")
+        if not all(path):
+            continue
+        path[0], path[-1] = path[0].lower(), path[-1].lower()
+        if path[0] not in top:
             continue
         node = data
         for part in path[:-1]:
