@@ -267,8 +267,8 @@ async def test_declared_route(client: Client) -> None:
 @pytest.mark.parametrize(
     ("request_line", "status", "error", "message"),
     [
-        ("GET /no/such/path", 404, "Not Found", "404: Not Found"),
-        ("POST /healthz", 405, "Method Not Allowed", "405: Method Not Allowed"),
+        ("GET /no/such/path", 404, "Not Found", "Not Found: GET /no/such/path"),
+        ("POST /healthz", 405, "Method Not Allowed", "Method Not Allowed: POST /healthz"),
         ("GET /things/missing", 404, "Not Found", "no thing missing"),
         ("GET /boom", 500, "Internal Server Error", "internal error: RuntimeError"),
         ("GET /teapot", 418, "I'm a Teapot", "short and stout"),

@@ -191,7 +191,13 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            response = error_response(exc.status, exc.text or exc.reason)
+            default = f"{exc.status}: {exc.reason}"
+            message = (
+                exc.text
+                if exc.text and exc.text != default
+                else f"{exc.reason}: {request.method} {request.path}"
+            )
+            response = error_response(exc.status, message)
         except Exception as exc:
             log.exception("HTTP handler failed", extra={"route": route})
             span.record_exception(exc)
