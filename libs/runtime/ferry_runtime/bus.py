@@ -325,6 +325,7 @@ class Bus:
         ttl: float | None = None,
         history: int = 1,
         limit_marker_ttl: float | None = None,
+        replicas: int = 1,
         create: bool = True,
     ) -> KeyValue:
         """The bucket, created with these settings if it does not exist yet (and ``create``)."""
@@ -336,7 +337,7 @@ class Bus:
                 raise
         try:
             return await js.create_key_value(
-                bucket=bucket, ttl=ttl, history=history, limit_marker_ttl=limit_marker_ttl
+                bucket=bucket, ttl=ttl, history=history, limit_marker_ttl=limit_marker_ttl, replicas=replicas
             )
         except nats.js.errors.BadRequestError:
             # Another instance created it between our two calls.

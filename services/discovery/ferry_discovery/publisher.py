@@ -152,6 +152,7 @@ class InventoryPublisher:
                     subjects.INVENTORY_BUCKET,
                     ttl=self._options.inventory_ttl,
                     limit_marker_ttl=self._options.inventory_ttl,
+                    replicas=self._options.kv_replicas,
                 )
             await self._kv.put(self.host, INVENTORY.encode(inventory))
             if changed:

@@ -18,6 +18,9 @@ class DiscoveryOptions(Section):
     )
     debounce: float = Field(0.2, ge=0, description="seconds to let a burst of netlink events settle")
     include_loopback: bool = False
+    kv_replicas: int = Field(
+        1, ge=1, le=5, description="copies of the inventory bucket in a NATS cluster (set at bucket creation)"
+    )
 
     @model_validator(mode="after")
     def _ttl_outlives_refresh(self) -> DiscoveryOptions:
