@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import nats
+import nats.aio.msg
 import nats.js.errors
 import pytest
 from ferry_hostnet import INVENTORY, Inventory
@@ -168,8 +169,22 @@ async def test_two_hosts_publish_expire_and_follow_addresses(
     assert unknown.returncode == 1
     assert "unknown host 'nosuchhost'" in unknown.stderr and a.name in unknown.stderr
 
-    # An address added in host b's namespace shows up in KV within seconds (netlink, not the timer).
+    # An address added in host b's namespace shows up in KV within seconds (netlink, not the timer),
+    # and a change event says so.
+    events: asyncio.Queue[tuple[str, Inventory]] = asyncio.Queue()
+    watcher = await nats.connect(bus_nats.url)
+
+    async def on_change(msg: nats.aio.msg.Msg) -> None:
+        await events.put((msg.subject, INVENTORY.decode(msg.data)))
+
+    await watcher.subscribe(subjects.ALL_INVENTORY_CHANGES, cb=on_change)
+    await watcher.flush()
     b.ns.ip("addr", "add", "198.19.5.5/24", "dev", "uplink")
+    subject, changed = await asyncio.wait_for(events.get(), 5)
+    await watcher.close()
+    assert subject == subjects.inventory_changed(b.name)
+    changed_uplink = changed.interface("uplink")
+    assert changed_uplink is not None and any(x.address == "198.19.5.5" for x in changed_uplink.addresses)
 
     async def has_new_address() -> bool:
         inv = await read_inventory(kv, b.name)
