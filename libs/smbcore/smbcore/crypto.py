@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import cmac, constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 
+from .negotiate import Dialect
+
 __all__ = [
     "SIGNATURE_OFFSET",
     "SIGNATURE_SIZE",
@@ -74,14 +76,6 @@ class SMBCryptoError(Exception):
     OriginalMessageSize, or whose AEAD tag does not verify (MS-SMB2 3.2.5.1.1.1 / 3.3.5.2.1.1:
     the receiver disconnects), and for cipher ids outside MS-SMB2 2.2.3.1.2.
     """
-
-
-class Dialect(enum.IntEnum):
-    """The SMB 3.x dialects whose keys are derived (MS-SMB2 2.2.3, 3.1.4.2)."""
-
-    SMB_300 = 0x0300
-    SMB_302 = 0x0302
-    SMB_311 = 0x0311
 
 
 class SigningAlgorithm(enum.IntEnum):
@@ -228,13 +222,15 @@ def derive_session_keys(
     channel's (MS-SMB2 3.2.5.3.2, 3.3.5.5.3).
     """
     dialect = Dialect(dialect)
+    if dialect not in (Dialect.SMB_3_0, Dialect.SMB_3_0_2, Dialect.SMB_3_1_1):
+        raise ValueError(f"no SMB 3.x key derivation for dialect {dialect.name}")
     full_key = bytes(session_key)
     if not full_key:
         raise ValueError("empty session key")
     base_key = full_key[:16].ljust(16, b"\x00")  # Session.SessionKey
     cipher_id = None if cipher is None else _cipher_id(cipher)
 
-    if dialect in (Dialect.SMB_300, Dialect.SMB_302):
+    if dialect in (Dialect.SMB_3_0, Dialect.SMB_3_0_2):
         if preauth_hash is not None:
             raise ValueError("dialects 3.0 and 3.0.2 have no pre-auth integrity hash")
         if cipher_id not in (None, CipherId.AES_128_CCM):

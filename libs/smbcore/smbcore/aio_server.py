@@ -1,0 +1,147 @@
+"""The asyncio shell around :class:`~smbcore.server.ServerConnection`: Direct TCP.
+
+One :class:`asyncio.Protocol` per connection: bytes in go through the
+:class:`~smbcore.framing.FrameDecoder` to the core, PDUs out are framed and written with
+``writelines`` (no concatenation). A protocol error closes only that connection; the
+listener and the other connections carry on. Idle connections are closed after
+``handshake_timeout`` (before a session is established) or ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import ServerLimits
+from .errors import SMBProtocolError
+from .framing import FrameDecoder, frame_header
+from .server import Authenticator, ServerConnection, ServerIdentity, ServerPolicy, SessionState, Share
+
+log = logging.getLogger(__name__)
+
+#: Seconds between 1601-01-01 and 1970-01-01, for FILETIME.
+_EPOCH_DELTA = 11_644_473_600
+
+
+def filetime_now() -> int:
+    return int((time.time() + _EPOCH_DELTA) * 10_000_000)
+
+
+@dataclass
+class ServerSettings:
+    """What an :class:`SMBServer` serves and how."""
+
+    shares: dict[str, Share]
+    authenticator_factory: Callable[[], Authenticator]
+    initial_token: bytes
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    policy: ServerPolicy = field(default_factory=ServerPolicy)
+    identity: ServerIdentity = field(default_factory=lambda: ServerIdentity(os.urandom(16), filetime_now()))
+
+
+class _SMBProtocol(asyncio.Protocol):
+    def __init__(self, server: SMBServer) -> None:
+        self._server = server
+        self._settings = server.settings
+        self._frames = FrameDecoder(self._settings.limits.max_pdu)
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+        self.conn = ServerConnection(
+            identity=self._settings.identity,
+            shares=self._settings.shares,
+            authenticator_factory=self._settings.authenticator_factory,
+            initial_token=self._settings.initial_token,
+            limits=self._settings.limits,
+            policy=self._settings.policy,
+            system_time=filetime_now,
+            session_ids=server.next_session_id,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._server.connections.add(self)
+        self._arm_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        established = any(s.state is SessionState.VALID for s in self.conn.sessions.values())
+        limits = self._settings.limits
+        timeout = limits.idle_timeout if established else limits.handshake_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._idle)
+
+    def _idle(self) -> None:
+        log.info("closing idle connection", extra={"peer": self.peer})
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            self._frames.receive_data(data)
+            while (pdu := self._frames.next_pdu()) is not None:
+                self.conn.receive_pdu(pdu)
+                out = self.conn.data_to_send()
+                if out:
+                    transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        except SMBProtocolError as exc:
+            log.warning(
+                "closing connection after a protocol error", extra={"peer": self.peer, "error": str(exc)}
+            )
+            out = self.conn.data_to_send()
+            if out:
+                transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+            transport.close()
+            return
+        self._arm_timer()
+
+
+class SMBServer:
+    """A listening SMB server; ``async with`` or :meth:`start` / :meth:`close`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.connections: set[_SMBProtocol] = set()
+        self._servers: list[asyncio.Server] = []
+        self._session_counter = 0
+
+    def next_session_id(self) -> int:
+        """Session ids unique across the server's connections (binding needs that)."""
+        self._session_counter += 1
+        return (self._session_counter << 16) | 0x0001
+
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _SMBProtocol(self), host, port, reuse_address=True)
+        self._servers.append(server)
+        return [sock.getsockname()[:2] for sock in server.sockets]
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn._transport is not None:
+                conn._transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def __aenter__(self) -> SMBServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,637 @@
+"""The SMB 3 server core: one :class:`ServerConnection` per transport connection, sans-IO.
+
+Bytes go in through :meth:`ServerConnection.receive_pdu` (one whole PDU, from the
+transport's framing: Direct TCP or SMB Direct); the responses come out of
+:meth:`ServerConnection.data_to_send` as PDUs (the transport frames them). Time is never
+read here. What the core answers itself: NEGOTIATE (3.0, 3.0.2, 3.1.1 with pre-auth
+integrity, cipher and signing contexts), SESSION_SETUP (SPNEGO/NTLMv2 through an
+:class:`Authenticator`), LOGOFF, TREE_CONNECT and TREE_DISCONNECT, ECHO; signing of
+requests and responses; encryption (TRANSFORM_HEADER) per session or share; credits.
+File operations are not implemented yet and are answered ``STATUS_NOT_SUPPORTED``.
+
+The connection's states and the commands each accepts are the table :data:`ACCEPTS`; a
+command outside it is a protocol error answered as MS-SMB2 3.3.5.2 prescribes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import crypto
+from .config import ServerLimits
+from .credits import CreditWindow
+from .errors import RemoteProtocolError, SMBProtocolError
+from .header import (
+    HEADER_SIZE,
+    PROTOCOL_ID,
+    SIGNATURE_OFFSET,
+    TRANSFORM_PROTOCOL_ID,
+    Command,
+    Flags,
+    Header,
+    decode_header,
+)
+from .messages import (
+    EMPTY4,
+    Empty4,
+    SessionFlags,
+    SessionSetupRequest,
+    SessionSetupResponse,
+    ShareFlags,
+    ShareType,
+    TreeConnectRequest,
+    TreeConnectResponse,
+    encode_error,
+)
+from .negotiate import (
+    Capabilities,
+    Dialect,
+    EncryptionCapabilities,
+    NegotiateRequest,
+    NegotiateResponse,
+    PreauthIntegrity,
+    SecurityMode,
+    SigningCapabilities,
+)
+from .ntstatus import NTStatus
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_DIALECTS = (Dialect.SMB_3_1_1, Dialect.SMB_3_0_2, Dialect.SMB_3_0)
+#: Ciphers in the server's order of preference (MS-SMB2 3.3.5.4: the server picks).
+CIPHER_PREFERENCE = (
+    crypto.CipherId.AES_128_GCM,
+    crypto.CipherId.AES_256_GCM,
+    crypto.CipherId.AES_128_CCM,
+    crypto.CipherId.AES_256_CCM,
+)
+SIGNING_PREFERENCE = (crypto.SigningAlgorithm.AES_GMAC, crypto.SigningAlgorithm.AES_CMAC)
+FILE_ALL_ACCESS = 0x001F01FF
+
+
+# -- what the core is configured with -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """One step of an authentication exchange, as an :class:`Authenticator` reports it."""
+
+    out_token: bytes
+    complete: bool
+    user: str | None = None
+    domain: str | None = None
+    session_key: bytes | None = None
+
+
+class Authenticator(Protocol):
+    """One SPNEGO exchange (see :mod:`smbcore.auth`); raises :class:`AuthFailed` on failure."""
+
+    def step(self, token: bytes) -> AuthResult: ...
+
+
+class AuthFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A share as the core needs it: name, type, who may connect, encryption."""
+
+    name: str
+    share_type: ShareType = ShareType.DISK
+    encrypt: bool = False
+    users: frozenset[str] | None = None  # None: every authenticated user
+    hidden: bool = False
+
+    def allows(self, user: str) -> bool:
+        return self.users is None or user.lower() in {u.lower() for u in self.users}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    guid: bytes
+    start_time: int = 0  # FILETIME; 0 as Windows sends
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """Security settings of the server."""
+
+    require_signing: bool = True
+    encrypt_all: bool = False
+    reject_unencrypted: bool = True  # when encryption applies, refuse plain requests
+
+
+# -- state -----------------------------------------------------------------------------------
+
+
+class ConnState(enum.Enum):
+    AWAIT_NEGOTIATE = "await-negotiate"
+    NEGOTIATED = "negotiated"
+    CLOSED = "closed"
+
+
+#: The connection's transition table: the commands each state accepts.
+ACCEPTS: dict[ConnState, frozenset[Command]] = {
+    ConnState.AWAIT_NEGOTIATE: frozenset({Command.NEGOTIATE}),
+    ConnState.NEGOTIATED: frozenset(Command) - {Command.NEGOTIATE},
+    ConnState.CLOSED: frozenset(),
+}
+
+
+class SessionState(enum.Enum):
+    IN_PROGRESS = "in-progress"
+    VALID = "valid"
+
+
+@dataclass
+class Tree:
+    tree_id: int
+    share: Share
+
+
+@dataclass
+class Session:
+    session_id: int
+    dialect: int
+    authenticator: Authenticator
+    preauth: crypto.PreauthHash | None
+    state: SessionState = SessionState.IN_PROGRESS
+    user: str | None = None
+    domain: str | None = None
+    keys: crypto.SessionKeys | None = None
+    signer: crypto.Signer | None = None
+    signing_required: bool = True
+    encrypt_data: bool = False
+    trees: dict[int, Tree] = field(default_factory=dict)
+    next_tree_id: int = 1
+
+
+@dataclass
+class _Reply:
+    """One response being built: header fields and body, signing/encryption decided later."""
+
+    request: Header
+    status: int
+    body: bytes
+    session: Session | None
+    credits: int = 0
+    tree_id: int = 0
+    session_id: int = 0
+    sign: bool = False
+    encrypt: bool = False
+    raw_for_preauth: bool = False
+
+
+class ServerConnection:
+    """The server side of one SMB connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        identity: ServerIdentity,
+        shares: dict[str, Share],
+        authenticator_factory: Callable[[], Authenticator],
+        initial_token: bytes,
+        limits: ServerLimits | None = None,
+        policy: ServerPolicy | None = None,
+        system_time: Callable[[], int] = lambda: 0,
+        session_ids: Callable[[], int] | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.limits = limits or ServerLimits()
+        self.policy = policy or ServerPolicy()
+        self.identity = identity
+        self.shares = {name.lower(): share for name, share in shares.items()}
+        self._auth_factory = authenticator_factory
+        self._initial_token = initial_token
+        self._system_time = system_time
+        self._randbytes = randbytes
+        self._session_ids = session_ids or self._default_session_ids()
+        self.state = ConnState.AWAIT_NEGOTIATE
+        self.credits = CreditWindow(self.limits.max_credits)
+        self.dialect: int = 0
+        self.client_guid = b""
+        self.client_capabilities = 0
+        self.client_security_mode = 0
+        self.cipher: crypto.CipherId | None = None
+        self.signing_algorithm = crypto.SigningAlgorithm.AES_CMAC
+        self.preauth = crypto.PreauthHash()
+        self.sessions: dict[int, Session] = {}
+        self._out: list[bytes] = []
+
+    @staticmethod
+    def _default_session_ids() -> Callable[[], int]:
+        counter = iter(range(1, 1 << 63))
+        return lambda: (next(counter) << 16) | 0x0001
+
+    # -- I/O boundary ------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[bytes]:
+        """Whole PDUs to send, in order (the transport frames each)."""
+        out, self._out = self._out, []
+        return out
+
+    def receive_pdu(self, pdu: bytes | bytearray | memoryview) -> None:
+        """Process one PDU. A malformed PDU closes the connection with :class:`RemoteProtocolError`."""
+        if self.state is ConnState.CLOSED:
+            raise RemoteProtocolError("connection closed")
+        view = memoryview(pdu)
+        try:
+            if bytes(view[:4]) == TRANSFORM_PROTOCOL_ID:
+                plain, session = self._decrypt(view)
+                self._process_chain(memoryview(plain), encrypted_for=session)
+            elif bytes(view[:4]) == PROTOCOL_ID:
+                self._process_chain(view, encrypted_for=None)
+            else:
+                raise RemoteProtocolError(f"unsupported protocol id {bytes(view[:4]).hex()}")
+        except SMBProtocolError:
+            self.state = ConnState.CLOSED
+            raise
+
+    # -- compounds, signing, encryption ---------------------------------------------------------
+
+    def _decrypt(self, view: memoryview) -> tuple[bytes, Session]:
+        if self.cipher is None:
+            raise RemoteProtocolError(
+                "encrypted message on a connection without a cipher", NTStatus.ACCESS_DENIED
+            )
+        try:
+            transform = crypto.parse_transform_header(view)
+            session = self.sessions.get(transform.session_id)
+            if session is None or session.keys is None:
+                raise RemoteProtocolError(
+                    f"encrypted message for unknown session {transform.session_id:#x}",
+                    NTStatus.USER_SESSION_DELETED,
+                )
+            plain = crypto.decrypt(view, session.keys.decryption_key(server=True), self.cipher)
+        except crypto.SMBCryptoError as exc:
+            raise RemoteProtocolError(str(exc), NTStatus.ACCESS_DENIED) from None
+        return plain, session
+
+    def _process_chain(self, view: memoryview, encrypted_for: Session | None) -> None:
+        offset = 0
+        replies: list[_Reply] = []
+        while True:
+            header = decode_header(view, offset)
+            end = offset + header.next_command if header.next_command else len(view)
+            if header.next_command and (
+                header.next_command % 8 or end > len(view) or end <= offset + HEADER_SIZE
+            ):
+                raise RemoteProtocolError(f"bad NextCommand {header.next_command} at offset {offset}")
+            message = view[offset:end]
+            reply = self._handle(header, message, encrypted_for)
+            if reply is not None:
+                replies.append(reply)
+            if not header.next_command:
+                break
+            offset = end
+        if replies:
+            self._emit(replies)
+
+    def _emit(self, replies: list[_Reply]) -> None:
+        """Build the response chain: one compound PDU, each part 8-byte aligned and signed."""
+        parts: list[bytearray] = []
+        for i, r in enumerate(replies):
+            flags = Flags.SERVER_TO_REDIR | (r.request.flags & Flags.RELATED_OPERATIONS if i else 0)
+            header = Header(
+                credit_charge=r.request.credit_charge,
+                status=r.status,
+                command=r.request.command,
+                credits=r.credits,
+                flags=flags | (Flags.SIGNED if r.sign else 0),
+                message_id=r.request.message_id,
+                reserved_or_async=Header.sync_field(r.tree_id),
+                session_id=r.session_id,
+            )
+            msg = bytearray(header.to_bytes())
+            msg += r.body
+            parts.append(msg)
+        for part in parts[:-1]:
+            part.extend(bytes((-len(part)) % 8))
+            part[20:24] = len(part).to_bytes(4, "little")  # NextCommand
+        for r, msg in zip(replies, parts, strict=True):
+            if r.raw_for_preauth and r.session is not None and r.session.preauth is not None:
+                r.session.preauth.update(msg)
+            if r.sign and r.session is not None and r.session.signer is not None:
+                msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = bytes(16)
+                msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = r.session.signer.sign(msg)
+        pdu = b"".join(parts)
+        encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
+        if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
+            nonce = crypto.random_nonce(self.cipher, self._randbytes)
+            pdu = bytes(
+                crypto.encrypt(
+                    pdu,
+                    encrypt_for.keys.encryption_key(server=True),
+                    self.cipher,
+                    encrypt_for.session_id,
+                    nonce,
+                )
+            )
+        self._out.append(pdu)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def _handle(self, header: Header, message: memoryview, encrypted_for: Session | None) -> _Reply | None:
+        if header.is_response:
+            raise RemoteProtocolError("a response sent to the server")
+        command = Command(header.command)
+        if command not in ACCEPTS[self.state]:
+            raise RemoteProtocolError(
+                f"{command.name} not allowed in state {self.state.value}", NTStatus.INVALID_PARAMETER
+            )
+        if command is Command.CANCEL:
+            return None  # nothing is pending yet; CANCEL gets no response (3.3.5.16)
+        self.credits.consume(header.message_id, header.credit_charge)
+        credits = self.credits.grant(header.credits)
+        if command is Command.NEGOTIATE:
+            return self._negotiate(header, message, credits)
+        if command is Command.SESSION_SETUP:
+            return self._session_setup(header, message, credits, encrypted_for)
+
+        session = self.sessions.get(header.session_id)
+        if session is None or session.state is not SessionState.VALID:
+            return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+        check = self._check_security(header, message, session, encrypted_for)
+        if check is not None:
+            return self._error(header, check, credits, session)
+        if command is Command.LOGOFF:
+            Empty4.parse(message, "LOGOFF request")
+            reply = self._ok(header, EMPTY4, credits, session)
+            del self.sessions[session.session_id]
+            return reply
+        if command is Command.ECHO:
+            Empty4.parse(message, "ECHO request")
+            return self._ok(header, EMPTY4, credits, session)
+        if command is Command.TREE_CONNECT:
+            return self._tree_connect(header, message, credits, session, encrypted_for)
+        tree = session.trees.get(header.tree_id)
+        if tree is None:
+            return self._error(header, NTStatus.NETWORK_NAME_DELETED, credits, session)
+        if tree.share.encrypt and encrypted_for is None and self.policy.reject_unencrypted:
+            return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
+        if command is Command.TREE_DISCONNECT:
+            Empty4.parse(message, "TREE_DISCONNECT request")
+            del session.trees[tree.tree_id]
+            return self._ok(header, EMPTY4, credits, session, tree_id=tree.tree_id)
+        return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
+
+    def _check_security(
+        self, header: Header, message: memoryview, session: Session, encrypted_for: Session | None
+    ) -> int | None:
+        """Signature and encryption rules for a request of a valid session (MS-SMB2 3.3.5.2.4, 3.3.5.2.9)."""
+        if encrypted_for is not None:
+            if encrypted_for is not session:
+                return NTStatus.ACCESS_DENIED
+            return None
+        if session.encrypt_data and self.policy.reject_unencrypted:
+            return NTStatus.ACCESS_DENIED
+        if header.flags & Flags.SIGNED:
+            assert session.signer is not None
+            if not session.signer.verify(message):
+                log.warning("bad signature", extra={"session": hex(session.session_id)})
+                return NTStatus.ACCESS_DENIED
+        elif session.signing_required:
+            return NTStatus.ACCESS_DENIED
+        return None
+
+    def _ok(
+        self,
+        header: Header,
+        body: bytes,
+        credits: int,
+        session: Session | None,
+        *,
+        tree_id: int | None = None,
+    ) -> _Reply:
+        return self._reply(header, NTStatus.SUCCESS, body, credits, session, tree_id)
+
+    def _error(
+        self,
+        header: Header,
+        status: int,
+        credits: int,
+        session: Session | None,
+        *,
+        tree_id: int | None = None,
+    ) -> _Reply:
+        return self._reply(header, status, encode_error(), credits, session, tree_id)
+
+    def _reply(
+        self,
+        header: Header,
+        status: int,
+        body: bytes,
+        credits: int,
+        session: Session | None,
+        tree_id: int | None,
+    ) -> _Reply:
+        encrypt = bool(session is not None and session.keys is not None and self._encrypts(session, header))
+        sign = (
+            session is not None
+            and session.state is SessionState.VALID
+            and session.signer is not None
+            and not encrypt
+            and (bool(header.flags & Flags.SIGNED) or session.signing_required)
+        )
+        return _Reply(
+            request=header,
+            status=status,
+            body=body,
+            session=session,
+            credits=credits,
+            tree_id=header.tree_id if tree_id is None else tree_id,
+            session_id=header.session_id,
+            sign=sign,
+            encrypt=encrypt,
+        )
+
+    def _encrypts(self, session: Session, header: Header) -> bool:
+        if session.encrypt_data:
+            return True
+        tree = session.trees.get(header.tree_id)
+        return tree is not None and tree.share.encrypt
+
+    # -- NEGOTIATE (MS-SMB2 3.3.5.3, 3.3.5.4) ----------------------------------------------------
+
+    def _negotiate(self, header: Header, message: memoryview, credits: int) -> _Reply | None:
+        req = NegotiateRequest.decode(message)
+        common = [d for d in SUPPORTED_DIALECTS if d in req.dialects]
+        if not common:
+            self.state = ConnState.CLOSED
+            raise RemoteProtocolError(
+                f"no common dialect (client offers {[hex(d) for d in req.dialects]})", NTStatus.NOT_SUPPORTED
+            )
+        dialect = common[0]
+        self.dialect = dialect
+        self.client_guid = req.client_guid
+        self.client_capabilities = req.capabilities
+        self.client_security_mode = req.security_mode
+        contexts: list[PreauthIntegrity | EncryptionCapabilities | SigningCapabilities] = []
+        capabilities = Capabilities.LARGE_MTU | Capabilities.MULTI_CHANNEL
+        if dialect == Dialect.SMB_3_1_1:
+            preauth = req.context(PreauthIntegrity)
+            if not isinstance(preauth, PreauthIntegrity) or 1 not in preauth.hash_algorithms:
+                raise RemoteProtocolError(
+                    "3.1.1 NEGOTIATE without SHA-512 pre-auth integrity", NTStatus.INVALID_PARAMETER
+                )
+            contexts.append(PreauthIntegrity((1,), self._randbytes(32)))
+            enc = req.context(EncryptionCapabilities)
+            if isinstance(enc, EncryptionCapabilities):
+                chosen = next((c for c in CIPHER_PREFERENCE if c in enc.ciphers), None)
+                self.cipher = chosen
+                contexts.append(EncryptionCapabilities((chosen or 0,)))
+            sig = req.context(SigningCapabilities)
+            if isinstance(sig, SigningCapabilities):
+                self.signing_algorithm = next(
+                    (a for a in SIGNING_PREFERENCE if a in sig.algorithms), crypto.SigningAlgorithm.AES_CMAC
+                )
+                contexts.append(SigningCapabilities((self.signing_algorithm,)))
+        elif req.capabilities & Capabilities.ENCRYPTION:
+            self.cipher = crypto.CipherId.AES_128_CCM
+            capabilities |= Capabilities.ENCRYPTION
+        security_mode = SecurityMode.SIGNING_ENABLED | (
+            SecurityMode.SIGNING_REQUIRED if self.policy.require_signing else 0
+        )
+        response = NegotiateResponse(
+            security_mode=security_mode,
+            dialect=dialect,
+            server_guid=self.identity.guid,
+            capabilities=capabilities,
+            max_transact_size=self.limits.max_transact,
+            max_read_size=self.limits.max_read,
+            max_write_size=self.limits.max_write,
+            system_time=self._system_time(),
+            server_start_time=self.identity.start_time,
+            security_buffer=self._initial_token,
+            contexts=tuple(contexts),
+        )
+        self.state = ConnState.NEGOTIATED
+        reply = self._ok(header, response.encode(), credits, None)
+        if dialect == Dialect.SMB_3_1_1:
+            self.preauth.update(message)
+            # The response is hashed as sent: build it now so the hash sees the exact bytes.
+            self._emit([reply])
+            self.preauth.update(self._out[-1])
+            return None
+        return reply
+
+    # -- SESSION_SETUP (MS-SMB2 3.3.5.5) ---------------------------------------------------------
+
+    def _session_setup(
+        self, header: Header, message: memoryview, credits: int, encrypted_for: Session | None
+    ) -> _Reply:
+        req = SessionSetupRequest.decode(message)
+        if req.binding:
+            # Multichannel binding arrives with issue 4; refuse it the way Windows does without it.
+            return self._error(header, NTStatus.REQUEST_NOT_ACCEPTED, credits, None)
+        if header.session_id == 0:
+            if len(self.sessions) >= self.limits.max_sessions:
+                return self._error(header, NTStatus.INSUFFICIENT_RESOURCES, credits, None)
+            session = Session(
+                session_id=self._session_ids(),
+                dialect=self.dialect,
+                authenticator=self._auth_factory(),
+                preauth=self.preauth.copy() if self.dialect == Dialect.SMB_3_1_1 else None,
+            )
+            self.sessions[session.session_id] = session
+        else:
+            found = self.sessions.get(header.session_id)
+            if found is None:
+                return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+            session = found
+            if session.state is SessionState.VALID:
+                # Re-authentication of an established session: start a new exchange.
+                session.authenticator = self._auth_factory()
+        if session.preauth is not None:
+            session.preauth.update(message)
+        try:
+            result = session.authenticator.step(req.security_buffer)
+        except AuthFailed as exc:
+            log.info(
+                "authentication failed", extra={"status": NTStatus.name_of(exc.status), "reason": str(exc)}
+            )
+            self.sessions.pop(session.session_id, None)
+            reply = self._error(header, exc.status, credits, None)
+            reply.session_id = session.session_id
+            return reply
+        if not result.complete:
+            reply = self._reply(
+                header,
+                NTStatus.MORE_PROCESSING_REQUIRED,
+                SessionSetupResponse(0, result.out_token).encode(),
+                credits,
+                session,
+                0,
+            )
+            reply.session_id = session.session_id
+            reply.raw_for_preauth = True
+            return reply
+        assert result.session_key is not None
+        session.user, session.domain = result.user, result.domain
+        session.keys = crypto.derive_session_keys(
+            result.session_key,
+            self.dialect,
+            session.preauth.value if session.preauth is not None else None,
+            self.cipher if self.dialect == Dialect.SMB_3_1_1 else None,
+        )
+        session.signer = crypto.make_signer(self.signing_algorithm, session.keys.signing_key)
+        session.signing_required = self.policy.require_signing or bool(
+            self.client_security_mode & SecurityMode.SIGNING_REQUIRED
+        )
+        session.encrypt_data = self.policy.encrypt_all and self.cipher is not None
+        session.state = SessionState.VALID
+        flags = SessionFlags.ENCRYPT_DATA if session.encrypt_data else 0
+        body = SessionSetupResponse(flags, result.out_token).encode()
+        reply = _Reply(
+            request=header,
+            status=NTStatus.SUCCESS,
+            body=body,
+            session=session,
+            credits=credits,
+            session_id=session.session_id,
+            sign=True,  # the final response is always signed (3.3.5.5.3)
+        )
+        log.info("session established", extra={"user": session.user, "session": hex(session.session_id)})
+        return reply
+
+    # -- TREE_CONNECT (MS-SMB2 3.3.5.7) ----------------------------------------------------------
+
+    def _tree_connect(
+        self,
+        header: Header,
+        message: memoryview,
+        credits: int,
+        session: Session,
+        encrypted_for: Session | None,
+    ) -> _Reply:
+        req = TreeConnectRequest.decode(message)
+        name = req.share_name
+        share = self.shares.get(name.lower())
+        if share is None:
+            return self._error(header, NTStatus.BAD_NETWORK_NAME, credits, session)
+        if session.user is None or not share.allows(session.user):
+            return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
+        if share.encrypt and self.cipher is None:
+            return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
+        tree = Tree(session.next_tree_id, share)
+        session.next_tree_id += 1
+        session.trees[tree.tree_id] = tree
+        flags = ShareFlags.NO_CACHING | (ShareFlags.ENCRYPT_DATA if share.encrypt else 0)
+        body = TreeConnectResponse(
+            16,
+            share.share_type,
+            0,
+            flags,
+            0,
+            FILE_ALL_ACCESS if share.share_type == ShareType.DISK else 0x001F01FF,
+        ).to_bytes()
+        return self._ok(header, body, credits, session, tree_id=tree.tree_id)
