@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from .config import ServerLimits
 from .errors import SMBProtocolError
 from .framing import FrameDecoder, frame_header
+from .ioctl import NetworkInterfaceInfo
 from .server import Authenticator, ServerConnection, ServerIdentity, ServerPolicy, SessionState, Share
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class ServerSettings:
     limits: ServerLimits = field(default_factory=ServerLimits)
     policy: ServerPolicy = field(default_factory=ServerPolicy)
     identity: ServerIdentity = field(default_factory=lambda: ServerIdentity(os.urandom(16), filetime_now()))
+    #: What FSCTL_QUERY_NETWORK_INTERFACE_INFO answers (asked at each query, so it can follow the host).
+    interfaces: Callable[[], list[NetworkInterfaceInfo]] = list
 
 
 class _SMBProtocol(asyncio.Protocol):
@@ -60,6 +63,7 @@ class _SMBProtocol(asyncio.Protocol):
             policy=self._settings.policy,
             system_time=filetime_now,
             session_ids=server.next_session_id,
+            interfaces=self._settings.interfaces,
         )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import crypto
+from .auth import AuthenticationError, AuthStep
 from .config import ServerLimits
 from .credits import CreditWindow
 from .errors import RemoteProtocolError, SMBProtocolError
@@ -35,6 +36,14 @@ from .header import (
     Flags,
     Header,
     decode_header,
+)
+from .ioctl import (
+    CtlCode,
+    IoctlRequest,
+    NetworkInterfaceInfo,
+    ValidateNegotiateInfo,
+    encode_interfaces,
+    encode_ioctl_response,
 )
 from .messages import (
     EMPTY4,
@@ -77,27 +86,11 @@ FILE_ALL_ACCESS = 0x001F01FF
 # -- what the core is configured with -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    """One step of an authentication exchange, as an :class:`Authenticator` reports it."""
-
-    out_token: bytes
-    complete: bool
-    user: str | None = None
-    domain: str | None = None
-    session_key: bytes | None = None
-
-
 class Authenticator(Protocol):
-    """One SPNEGO exchange (see :mod:`smbcore.auth`); raises :class:`AuthFailed` on failure."""
+    """One SPNEGO exchange (:class:`smbcore.auth.ServerAuthenticator`); raises
+    :class:`~smbcore.auth.AuthenticationError` with the status to answer on failure."""
 
-    def step(self, token: bytes) -> AuthResult: ...
-
-
-class AuthFailed(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def step(self, token: bytes) -> AuthStep: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +198,7 @@ class ServerConnection:
         system_time: Callable[[], int] = lambda: 0,
         session_ids: Callable[[], int] | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
+        interfaces: Callable[[], list[NetworkInterfaceInfo]] = list,
     ) -> None:
         self.limits = limits or ServerLimits()
         self.policy = policy or ServerPolicy()
@@ -214,6 +208,7 @@ class ServerConnection:
         self._initial_token = initial_token
         self._system_time = system_time
         self._randbytes = randbytes
+        self._interfaces = interfaces
         self._session_ids = session_ids or self._default_session_ids()
         self.state = ConnState.AWAIT_NEGOTIATE
         self.credits = CreditWindow(self.limits.max_credits)
@@ -221,6 +216,9 @@ class ServerConnection:
         self.client_guid = b""
         self.client_capabilities = 0
         self.client_security_mode = 0
+        self.client_dialects: tuple[int, ...] = ()
+        self.server_capabilities = 0
+        self.server_security_mode = 0
         self.cipher: crypto.CipherId | None = None
         self.signing_algorithm = crypto.SigningAlgorithm.AES_CMAC
         self.preauth = crypto.PreauthHash()
@@ -357,6 +355,9 @@ class ServerConnection:
         if command is Command.SESSION_SETUP:
             return self._session_setup(header, message, credits, encrypted_for)
 
+        if command is Command.ECHO and header.session_id == 0:
+            Empty4.parse(message, "ECHO request")  # ECHO needs no session (MS-SMB2 3.3.5.2.9)
+            return self._ok(header, EMPTY4, credits, None)
         session = self.sessions.get(header.session_id)
         if session is None or session.state is not SessionState.VALID:
             return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
@@ -378,6 +379,8 @@ class ServerConnection:
             return self._error(header, NTStatus.NETWORK_NAME_DELETED, credits, session)
         if tree.share.encrypt and encrypted_for is None and self.policy.reject_unencrypted:
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
+        if command is Command.IOCTL:
+            return self._ioctl(header, message, credits, session, tree)
         if command is Command.TREE_DISCONNECT:
             Empty4.parse(message, "TREE_DISCONNECT request")
             del session.trees[tree.tree_id]
@@ -475,6 +478,7 @@ class ServerConnection:
         self.client_guid = req.client_guid
         self.client_capabilities = req.capabilities
         self.client_security_mode = req.security_mode
+        self.client_dialects = req.dialects
         contexts: list[PreauthIntegrity | EncryptionCapabilities | SigningCapabilities] = []
         capabilities = Capabilities.LARGE_MTU | Capabilities.MULTI_CHANNEL
         if dialect == Dialect.SMB_3_1_1:
@@ -501,6 +505,7 @@ class ServerConnection:
         security_mode = SecurityMode.SIGNING_ENABLED | (
             SecurityMode.SIGNING_REQUIRED if self.policy.require_signing else 0
         )
+        self.server_capabilities, self.server_security_mode = capabilities, security_mode
         response = NegotiateResponse(
             security_mode=security_mode,
             dialect=dialect,
@@ -555,7 +560,7 @@ class ServerConnection:
             session.preauth.update(message)
         try:
             result = session.authenticator.step(req.security_buffer)
-        except AuthFailed as exc:
+        except AuthenticationError as exc:
             log.info(
                 "authentication failed", extra={"status": NTStatus.name_of(exc.status), "reason": str(exc)}
             )
@@ -602,6 +607,40 @@ class ServerConnection:
         )
         log.info("session established", extra={"user": session.user, "session": hex(session.session_id)})
         return reply
+
+    # -- IOCTL (MS-SMB2 3.3.5.15) -----------------------------------------------------------------
+
+    def _ioctl(
+        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree
+    ) -> _Reply:
+        req = IoctlRequest.decode(message)
+        if req.ctl_code == CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO:
+            output = self._validate_negotiate(req)
+        elif req.ctl_code == CtlCode.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
+            interfaces = self._interfaces()
+            if not interfaces:
+                return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
+            output = encode_interfaces(interfaces)
+        else:
+            return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
+        if len(output) > req.max_output_response:
+            return self._error(header, NTStatus.BUFFER_TOO_SMALL, credits, session, tree_id=tree.tree_id)
+        body = encode_ioctl_response(req.ctl_code, req.file_id, output)
+        return self._ok(header, body, credits, session, tree_id=tree.tree_id)
+
+    def _validate_negotiate(self, req: IoctlRequest) -> bytes:
+        """MS-SMB2 3.3.5.15.12: any difference from what NEGOTIATE saw ends the connection."""
+        if self.dialect == Dialect.SMB_3_1_1:
+            raise RemoteProtocolError("VALIDATE_NEGOTIATE_INFO on a 3.1.1 connection", NTStatus.ACCESS_DENIED)
+        info = ValidateNegotiateInfo.decode(req.input)
+        seen = (self.client_capabilities, self.client_guid, self.client_security_mode, self.client_dialects)
+        if (info.capabilities, info.guid, info.security_mode, info.dialects) != seen:
+            raise RemoteProtocolError(
+                "VALIDATE_NEGOTIATE_INFO does not match NEGOTIATE", NTStatus.ACCESS_DENIED
+            )
+        return ValidateNegotiateInfo(
+            self.server_capabilities, self.identity.guid, self.server_security_mode, (self.dialect,)
+        ).encode_response()
 
     # -- TREE_CONNECT (MS-SMB2 3.3.5.7) ----------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Ferry's SMB server running in a background thread, for tests whose peers are synchronous
+(smbprotocol) or separate processes (smbclient, smbtorture)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from smbcore.aio_server import ServerSettings, SMBServer
+from smbcore.auth import ServerAuthenticator, UserDatabase
+from smbcore.ioctl import NetworkInterfaceInfo
+from smbcore.messages import ShareType
+from smbcore.server import ServerPolicy, Share
+
+USER = "alice"
+PASSWORD = "Corr3ct-Horse"
+OTHER_USER = "bob"
+OTHER_PASSWORD = "Batt3ry-Staple"
+
+
+@dataclass
+class RunningServer:
+    host: str
+    port: int
+    server: SMBServer
+    loop: asyncio.AbstractEventLoop
+    users: UserDatabase
+
+
+@contextmanager
+def smb_server(
+    tmp: Path,
+    *,
+    policy: ServerPolicy | None = None,
+    shares: dict[str, Share] | None = None,
+    interfaces: list[NetworkInterfaceInfo] | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[RunningServer]:
+    users = UserDatabase(tmp / "users.db")
+    users.add_user(USER, PASSWORD)
+    users.add_user(OTHER_USER, OTHER_PASSWORD)
+    shares = shares or {
+        "data": Share("data"),
+        "IPC$": Share("IPC$", ShareType.PIPE),
+        "secret": Share("secret", encrypt=True),
+        "alice_only": Share("alice_only", users=frozenset({USER})),
+    }
+    settings = ServerSettings(
+        shares=shares,
+        authenticator_factory=lambda: ServerAuthenticator(users),
+        initial_token=ServerAuthenticator.initial_token(),
+        policy=policy or ServerPolicy(),
+        interfaces=lambda: list(interfaces or []),
+    )
+    loop = asyncio.new_event_loop()
+    server = SMBServer(settings)
+    (address,) = loop.run_until_complete(server.start(host, 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield RunningServer(host, address[1], server, loop, users)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
