@@ -102,6 +102,7 @@ class Share:
     encrypt: bool = False
     users: frozenset[str] | None = None  # None: every authenticated user
     hidden: bool = False
+    path: str | None = None  # the folder a disk share serves
 
     def allows(self, user: str) -> bool:
         return self.users is None or user.lower() in {u.lower() for u in self.users}
