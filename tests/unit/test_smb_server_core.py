@@ -1,0 +1,270 @@
+"""The sans-IO server core driven in memory by a minimal client built from smbcore's own pieces:
+pre-auth integrity, key derivation, signing rules, credits, compounds, protocol errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from smbcore import crypto
+from smbcore.auth import ClientAuthenticator, ServerAuthenticator, UserDatabase
+from smbcore.errors import RemoteProtocolError
+from smbcore.header import Command, Flags, Header, decode_header
+from smbcore.ioctl import (
+    NO_FILE_ID,
+    CtlCode,
+    InterfaceCapability,
+    IoctlRequest,
+    NetworkInterfaceInfo,
+    ValidateNegotiateInfo,
+    decode_interfaces,
+    decode_ioctl_response,
+)
+from smbcore.messages import EMPTY4, SessionSetupRequest, SessionSetupResponse, ShareType, TreeConnectRequest
+from smbcore.negotiate import (
+    Capabilities,
+    Dialect,
+    EncryptionCapabilities,
+    NegotiateRequest,
+    NegotiateResponse,
+    PreauthIntegrity,
+    SecurityMode,
+    SigningCapabilities,
+)
+from smbcore.ntstatus import NTStatus
+from smbcore.server import ServerConnection, ServerIdentity, Share
+
+GUID = bytes(range(16))
+INTERFACES = [
+    NetworkInterfaceInfo(2, InterfaceCapability.RSS, 10_000_000_000, "198.18.1.1"),
+    NetworkInterfaceInfo(3, InterfaceCapability.RDMA, 25_000_000_000, "2001:db8::1"),
+]
+
+
+@dataclass
+class MiniClient:
+    """Just enough of a client to drive the core; every PDU it sends is one message."""
+
+    server: ServerConnection
+    dialect: int = Dialect.SMB_3_1_1
+    message_id: int = 0
+    session_id: int = 0
+    preauth: crypto.PreauthHash = field(default_factory=crypto.PreauthHash)
+    signer: crypto.Signer | None = None
+    keys: crypto.SessionKeys | None = None
+    cipher: int | None = None
+
+    def send(self, command: Command, body: bytes, *, sign: bool = False, tree_id: int = 0, charge: int = 1,
+             message_id: int | None = None, tamper: bool = False) -> tuple[Header, bytes]:  # fmt: skip
+        mid = self.message_id if message_id is None else message_id
+        header = Header(
+            command=command, credits=64, credit_charge=charge, message_id=mid,
+            reserved_or_async=Header.sync_field(tree_id), session_id=self.session_id,
+        )  # fmt: skip
+        msg = bytearray(header.to_bytes() + body)
+        if sign:
+            assert self.signer is not None
+            self.signer.sign_in_place(msg)
+            if tamper:
+                msg[-1] ^= 0xFF
+        self.message_id = mid + max(charge, 1)
+        self.last_request = bytes(msg)
+        self.server.receive_pdu(msg)
+        (pdu,) = self.server.data_to_send()
+        if pdu[:4] == b"\xfdSMB":
+            assert self.keys is not None and self.cipher is not None
+            pdu = crypto.decrypt(pdu, self.keys.decryption_key(server=False), self.cipher)
+        response = decode_header(pdu)
+        assert response.is_response and response.message_id == mid
+        return response, bytes(pdu)
+
+    def negotiate(
+        self, dialects: tuple[int, ...] = (0x0300, 0x0302, 0x0311), ciphers: tuple[int, ...] = (2, 1)
+    ) -> NegotiateResponse:
+        req = NegotiateRequest(
+            dialects, SecurityMode.SIGNING_ENABLED, Capabilities.ENCRYPTION, GUID,
+            (PreauthIntegrity((1,), b"salt" * 8), EncryptionCapabilities(ciphers),
+             SigningCapabilities((2, 1))),
+        )  # fmt: skip
+        header, pdu = self.send(Command.NEGOTIATE, req.encode())
+        assert header.status == NTStatus.SUCCESS
+        response = NegotiateResponse.decode(pdu)
+        self.dialect = response.dialect
+        if self.dialect == Dialect.SMB_3_1_1:
+            self.preauth.update(self.last_request)
+            self.preauth.update(pdu)
+            cipher = response.context(EncryptionCapabilities)
+            self.cipher = cipher.ciphers[0] if isinstance(cipher, EncryptionCapabilities) else None
+            algorithm = response.context(SigningCapabilities)
+            self.algorithm = algorithm.algorithms[0] if isinstance(algorithm, SigningCapabilities) else 1
+        else:
+            self.cipher = crypto.CipherId.AES_128_CCM
+            self.algorithm = crypto.SigningAlgorithm.AES_CMAC
+        return response
+
+    def login(self, user: str, password: str) -> tuple[Header, bytes]:
+        auth = ClientAuthenticator(user, password)
+        token = auth.step(None)
+        session_hash = self.preauth.copy()
+        while True:
+            header, pdu = self.send(Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, token).encode())
+            self.session_id = header.session_id
+            if self.dialect == Dialect.SMB_3_1_1:
+                session_hash.update(self.last_request)
+            if header.status != NTStatus.MORE_PROCESSING_REQUIRED:
+                break
+            if self.dialect == Dialect.SMB_3_1_1:
+                session_hash.update(pdu)
+            token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
+        if header.status == NTStatus.SUCCESS:
+            self.keys = crypto.derive_session_keys(
+                auth.session_key,
+                self.dialect,
+                session_hash.value if self.dialect == Dialect.SMB_3_1_1 else None,
+                self.cipher if self.dialect == Dialect.SMB_3_1_1 else None,
+            )
+            self.signer = crypto.make_signer(self.algorithm, self.keys.signing_key)
+            assert header.flags & Flags.SIGNED
+            assert self.signer.verify(pdu), "final SESSION_SETUP response must verify with the derived key"
+        return header, pdu
+
+
+@pytest.fixture
+def users(tmp_path: Path) -> UserDatabase:
+    db = UserDatabase(tmp_path / "users.db")
+    db.add_user("alice", "Pa55-word!")
+    return db
+
+
+def make_server(users: UserDatabase, **kwargs: object) -> ServerConnection:
+    return ServerConnection(
+        identity=ServerIdentity(b"S" * 16),
+        shares={"data": Share("data"), "IPC$": Share("IPC$", ShareType.PIPE)},
+        authenticator_factory=lambda: ServerAuthenticator(users),
+        initial_token=ServerAuthenticator.initial_token(),
+        interfaces=lambda: INTERFACES,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("dialects", [(0x0311,), (0x0302,), (0x0300,), (0x0202, 0x0210, 0x0300)])
+def test_login_signing_and_keys_agree(users: UserDatabase, dialects: tuple[int, ...]) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate(dialects)
+    header, _ = client.login("alice", "Pa55-word!")
+    assert header.status == NTStatus.SUCCESS
+    header, pdu = client.send(Command.ECHO, EMPTY4, sign=True)
+    assert header.status == NTStatus.SUCCESS and header.flags & Flags.SIGNED
+    assert client.signer is not None and client.signer.verify(pdu)
+
+
+def test_unsigned_and_badly_signed_requests_are_refused(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    client.login("alice", "Pa55-word!")
+    header, _ = client.send(Command.ECHO, EMPTY4)  # signing is required
+    assert header.status == NTStatus.ACCESS_DENIED
+    header, _ = client.send(Command.ECHO, EMPTY4, sign=True, tamper=True)
+    assert header.status == NTStatus.ACCESS_DENIED
+    header, _ = client.send(Command.ECHO, EMPTY4, sign=True)  # the session is still good
+    assert header.status == NTStatus.SUCCESS
+
+
+def test_wrong_password_and_no_common_dialect(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    header, _ = client.login("alice", "nope")
+    assert header.status == NTStatus.LOGON_FAILURE
+    with pytest.raises(RemoteProtocolError, match="no common dialect"):
+        MiniClient(make_server(users)).negotiate((0x0202, 0x0210))
+
+
+def test_tree_connect_and_ioctls(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate((0x0300, 0x0302))
+    client.login("alice", "Pa55-word!")
+    path = TreeConnectRequest(0, r"\\server\IPC$").encode()
+    header, _ = client.send(Command.TREE_CONNECT, path, sign=True)
+    assert header.status == NTStatus.SUCCESS
+    tree = header.tree_id
+    ifs = IoctlRequest(CtlCode.FSCTL_QUERY_NETWORK_INTERFACE_INFO, NO_FILE_ID, b"", 65536).encode()
+    header, pdu = client.send(Command.IOCTL, ifs, sign=True, tree_id=tree)
+    assert header.status == NTStatus.SUCCESS
+    assert decode_interfaces(decode_ioctl_response(pdu)[1]) == INTERFACES
+    small = IoctlRequest(CtlCode.FSCTL_QUERY_NETWORK_INTERFACE_INFO, NO_FILE_ID, b"", 100).encode()
+    assert client.send(Command.IOCTL, small, sign=True, tree_id=tree)[0].status == NTStatus.BUFFER_TOO_SMALL
+    info = ValidateNegotiateInfo(
+        Capabilities.ENCRYPTION, GUID, SecurityMode.SIGNING_ENABLED, (0x0300, 0x0302)
+    )
+    validate = IoctlRequest(CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO, NO_FILE_ID, info.encode(), 24).encode()
+    header, pdu = client.send(Command.IOCTL, validate, sign=True, tree_id=tree)
+    assert header.status == NTStatus.SUCCESS
+    out = decode_ioctl_response(pdu)[1]
+    assert out[4:20] == b"S" * 16 and int.from_bytes(out[22:24], "little") == 0x0302
+    forged = ValidateNegotiateInfo(
+        0, GUID, SecurityMode.SIGNING_ENABLED, (0x0300, 0x0302)
+    )  # capabilities stripped
+    bad = IoctlRequest(CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO, NO_FILE_ID, forged.encode(), 24).encode()
+    with pytest.raises(RemoteProtocolError, match="does not match"):
+        client.send(Command.IOCTL, bad, sign=True, tree_id=tree)
+
+
+def test_credit_violations_end_the_connection(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    with pytest.raises(RemoteProtocolError, match="outside the window"):
+        client.send(Command.ECHO, EMPTY4, message_id=10_000)
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    with pytest.raises(RemoteProtocolError, match="outside the window"):
+        client.send(Command.ECHO, EMPTY4, message_id=0)  # NEGOTIATE's id, already spent
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    assert (
+        client.send(Command.ECHO, EMPTY4, message_id=5)[0].status == NTStatus.SUCCESS
+    )  # out of order is fine
+    with pytest.raises(RemoteProtocolError, match="reused"):
+        client.send(Command.ECHO, EMPTY4, message_id=5)
+
+
+def test_encrypted_session(users: UserDatabase) -> None:
+    from smbcore.server import ServerPolicy
+
+    client = MiniClient(make_server(users, policy=ServerPolicy(encrypt_all=True)))
+    client.negotiate()
+    client.login("alice", "Pa55-word!")
+    # Plain requests are refused once the session encrypts ...
+    header, _ = client.send(Command.ECHO, EMPTY4, sign=True)
+    assert header.status == NTStatus.ACCESS_DENIED
+    # ... and an encrypted one is answered encrypted (MiniClient.send decrypts it).
+    assert client.keys is not None and client.cipher is not None
+    msg = Header(command=Command.ECHO, credits=1, message_id=client.message_id, session_id=client.session_id)
+    plain = msg.to_bytes() + EMPTY4
+    sealed = crypto.encrypt(plain, client.keys.encryption_key(server=False), client.cipher, client.session_id,
+                            crypto.random_nonce(client.cipher))  # fmt: skip
+    client.server.receive_pdu(sealed)
+    (pdu,) = client.server.data_to_send()
+    assert pdu[:4] == b"\xfdSMB"
+    inner = crypto.decrypt(pdu, client.keys.decryption_key(server=False), client.cipher)
+    assert decode_header(inner).status == NTStatus.SUCCESS
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 1
+    with pytest.raises(RemoteProtocolError, match="failed authentication"):
+        client.server.receive_pdu(bytes(tampered))
+
+
+def test_compound_of_two_echos(users: UserDatabase) -> None:
+    server = make_server(users)
+    client = MiniClient(server)
+    client.negotiate()
+    first = bytearray(Header(command=Command.ECHO, credits=1, message_id=1).to_bytes() + EMPTY4)
+    first += bytes((-len(first)) % 8)
+    first[20:24] = len(first).to_bytes(4, "little")
+    second = Header(command=Command.ECHO, credits=1, message_id=2).to_bytes() + EMPTY4
+    server.receive_pdu(bytes(first) + second)
+    (pdu,) = server.data_to_send()
+    one = decode_header(pdu)
+    assert one.message_id == 1 and one.next_command % 8 == 0 and one.next_command > 0
+    two = decode_header(pdu, one.next_command)
+    assert two.message_id == 2 and two.next_command == 0
