@@ -55,11 +55,7 @@ def test_create_request_from_smbprotocol() -> None:
     ctx2 = SMB2CreateContextRequest()
     ctx2["buffer_name"] = CreateContextName.SMB2_CREATE_QUERY_ON_DISK_ID
     ctx2["buffer_data"] = b""
-    req["buffer_contexts"] = (
-        smbopen.SMB2CreateContextRequest.pack_multiple([ctx, ctx2])
-        if hasattr(smbopen, "SMB2CreateContextRequest")
-        else SMB2CreateContextRequest.pack_multiple([ctx, ctx2])
-    )
+    req["buffer_contexts"] = SMB2CreateContextRequest.pack_multiple([ctx, ctx2])
     ours = CreateRequest.decode(their(req))
     assert ours.name == "dir\\file.txt"
     assert (ours.desired_access, ours.file_attributes, ours.share_access) == (0x12019F, 0x80, 0x7)
