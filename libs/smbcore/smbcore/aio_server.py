@@ -15,12 +15,24 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import ServerLimits
 from .errors import SMBProtocolError
+from .fileops import FileTimes
 from .framing import FrameDecoder, frame_header
 from .ioctl import NetworkInterfaceInfo
-from .server import Authenticator, ServerConnection, ServerIdentity, ServerPolicy, SessionState, Share
+from .ntstatus import NTStatus
+from .server import (
+    Authenticator,
+    FileOperation,
+    FileResult,
+    ServerConnection,
+    ServerIdentity,
+    ServerPolicy,
+    SessionState,
+    Share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +42,24 @@ _EPOCH_DELTA = 11_644_473_600
 
 def filetime_now() -> int:
     return int((time.time() + _EPOCH_DELTA) * 10_000_000)
+
+
+class FileService(Protocol):
+    """Carries out file operations for the server (see :mod:`smbcore.fileservice`)."""
+
+    async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]: ...
+
+    def release(self, handle: object) -> None: ...
+
+
+class NoFiles:
+    """A server without file shares (IPC$ only, or before a backend is configured)."""
+
+    async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        return FileResult(NTStatus.NOT_SUPPORTED), None
+
+    def release(self, handle: object) -> None:
+        pass
 
 
 @dataclass
@@ -44,6 +74,7 @@ class ServerSettings:
     identity: ServerIdentity = field(default_factory=lambda: ServerIdentity(os.urandom(16), filetime_now()))
     #: What FSCTL_QUERY_NETWORK_INTERFACE_INFO answers (asked at each query, so it can follow the host).
     interfaces: Callable[[], list[NetworkInterfaceInfo]] = list
+    files: FileService = field(default_factory=NoFiles)
 
 
 class _SMBProtocol(asyncio.Protocol):
@@ -53,6 +84,7 @@ class _SMBProtocol(asyncio.Protocol):
         self._frames = FrameDecoder(self._settings.limits.max_pdu)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.peer = "?"
         self.conn = ServerConnection(
             identity=self._settings.identity,
@@ -78,6 +110,11 @@ class _SMBProtocol(asyncio.Protocol):
         self._server.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for opened in self.conn.opens.values():
+            self._settings.files.release(opened.handle)
+        self.conn.opens.clear()
 
     def _arm_timer(self) -> None:
         if self._timer is not None:

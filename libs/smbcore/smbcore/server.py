@@ -5,9 +5,15 @@ transport's framing: Direct TCP or SMB Direct); the responses come out of
 :meth:`ServerConnection.data_to_send` as PDUs (the transport frames them). Time is never
 read here. What the core answers itself: NEGOTIATE (3.0, 3.0.2, 3.1.1 with pre-auth
 integrity, cipher and signing contexts), SESSION_SETUP (SPNEGO/NTLMv2 through an
-:class:`Authenticator`), LOGOFF, TREE_CONNECT and TREE_DISCONNECT, ECHO; signing of
-requests and responses; encryption (TRANSFORM_HEADER) per session or share; credits.
-File operations are not implemented yet and are answered ``STATUS_NOT_SUPPORTED``.
+:class:`Authenticator`), LOGOFF, TREE_CONNECT and TREE_DISCONNECT, ECHO, the IOCTLs of the
+connection; signing of requests and responses; encryption (TRANSFORM_HEADER) per session
+or share; credits; compounds.
+
+File operations (CREATE, READ, WRITE, ...) are validated here (session, tree, open, sizes,
+credit charge, related-compound FileIds) and then handed to the shell as
+:class:`FileOperation` events (:meth:`ServerConnection.events`); the shell does the I/O and
+answers with :meth:`ServerConnection.complete`, after which the core signs or encrypts the
+response and carries on with the rest of the compound. The core owns the open table.
 
 The connection's states and the commands each accepts are the table :data:`ACCEPTS`; a
 command outside it is a protocol error answered as MS-SMB2 3.3.5.2 prescribes.
@@ -27,6 +33,19 @@ from .auth import AuthenticationError, AuthStep
 from .config import ServerLimits
 from .credits import CreditWindow
 from .errors import RemoteProtocolError, SMBProtocolError
+from .fileops import (
+    CloseRequest,
+    CreateRequest,
+    CreateResponse,
+    FileTimes,
+    FlushRequest,
+    LockRequest,
+    QueryDirectoryRequest,
+    QueryInfoRequest,
+    ReadRequest,
+    SetInfoRequest,
+    WriteRequest,
+)
 from .header import (
     HEADER_SIZE,
     PROTOCOL_ID,
@@ -38,6 +57,7 @@ from .header import (
     decode_header,
 )
 from .ioctl import (
+    NO_FILE_ID,
     CtlCode,
     IoctlRequest,
     NetworkInterfaceInfo,
@@ -184,6 +204,86 @@ class _Reply:
     raw_for_preauth: bool = False
 
 
+@dataclass
+class _Chain:
+    """A received (possibly compound) PDU being answered; waits while a file operation runs."""
+
+    view: memoryview
+    encrypted_for: Session | None
+    offset: int | None = 0
+    replies: list[_Reply] = field(default_factory=list)
+    last_file_id: bytes | None = None  # for related operations (MS-SMB2 3.3.5.2.7.2)
+    failed: int | None = None  # status of a failed CREATE, given to the related operations after it
+
+
+FileRequest = (
+    CreateRequest
+    | CloseRequest
+    | FlushRequest
+    | ReadRequest
+    | WriteRequest
+    | QueryDirectoryRequest
+    | QueryInfoRequest
+    | SetInfoRequest
+    | LockRequest
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileOperation:
+    """An event: a file operation for the shell to carry out, then :meth:`ServerConnection.complete`.
+
+    ``handle`` is what the shell returned when the file was opened (None for CREATE).
+    """
+
+    op_id: int
+    command: Command
+    request: FileRequest
+    share: Share
+    user: str
+    handle: object | None
+    file_id: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """How the shell answers a :class:`FileOperation`: a status and the response body
+    (an ERROR body is used for failures), and for CREATE the new handle."""
+
+    status: int
+    body: bytes = b""
+    handle: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    header: Header
+    credits: int
+    session: Session
+    tree: Tree
+
+
+@dataclass
+class Open:
+    file_id: bytes
+    session: Session
+    tree: Tree
+    handle: object
+
+
+_FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
+    Command.CREATE: CreateRequest.decode,
+    Command.CLOSE: CloseRequest.parse,
+    Command.FLUSH: FlushRequest.parse,
+    Command.READ: ReadRequest.parse,
+    Command.WRITE: WriteRequest.decode,
+    Command.QUERY_DIRECTORY: QueryDirectoryRequest.decode,
+    Command.QUERY_INFO: QueryInfoRequest.decode,
+    Command.SET_INFO: SetInfoRequest.decode,
+    Command.LOCK: LockRequest.decode,
+}
+
+
 class ServerConnection:
     """The server side of one SMB connection (see the module docstring)."""
 
@@ -224,7 +324,14 @@ class ServerConnection:
         self.signing_algorithm = crypto.SigningAlgorithm.AES_CMAC
         self.preauth = crypto.PreauthHash()
         self.sessions: dict[int, Session] = {}
+        self.opens: dict[bytes, Open] = {}
         self._out: list[bytes] = []
+        self._events: list[FileOperation] = []
+        self._pending: dict[int, tuple[_Chain, FileOperation]] = {}
+        self._op_ids = iter(range(1, 1 << 62))
+        self._waiting: dict[int, _Waiting] = {}
+        self._orphans: list[object] = []
+        self._file_ids = iter(range(1, 1 << 62))
 
     @staticmethod
     def _default_session_ids() -> Callable[[], int]:
@@ -276,24 +383,29 @@ class ServerConnection:
         return plain, session
 
     def _process_chain(self, view: memoryview, encrypted_for: Session | None) -> None:
-        offset = 0
-        replies: list[_Reply] = []
-        while True:
+        self._continue(_Chain(view, encrypted_for))
+
+    def _continue(self, chain: _Chain) -> None:
+        """Handle the chain's messages from where it stopped, until it ends or waits for a file operation."""
+        view = chain.view
+        while chain.offset is not None:
+            offset = chain.offset
             header = decode_header(view, offset)
             end = offset + header.next_command if header.next_command else len(view)
             if header.next_command and (
                 header.next_command % 8 or end > len(view) or end <= offset + HEADER_SIZE
             ):
                 raise RemoteProtocolError(f"bad NextCommand {header.next_command} at offset {offset}")
-            message = view[offset:end]
-            reply = self._handle(header, message, encrypted_for)
-            if reply is not None:
-                replies.append(reply)
-            if not header.next_command:
-                break
-            offset = end
-        if replies:
-            self._emit(replies)
+            chain.offset = end if header.next_command else None
+            outcome = self._handle(header, view[offset:end], chain)
+            if isinstance(outcome, FileOperation):
+                self._pending[outcome.op_id] = (chain, outcome)
+                self._events.append(outcome)
+                return  # resumed by complete()
+            if outcome is not None:
+                chain.replies.append(outcome)
+        if chain.replies:
+            self._emit(chain.replies)
 
     def _emit(self, replies: list[_Reply]) -> None:
         """Build the response chain: one compound PDU, each part 8-byte aligned and signed."""
@@ -339,7 +451,8 @@ class ServerConnection:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def _handle(self, header: Header, message: memoryview, encrypted_for: Session | None) -> _Reply | None:
+    def _handle(self, header: Header, message: memoryview, chain: _Chain) -> _Reply | FileOperation | None:
+        encrypted_for = chain.encrypted_for
         if header.is_response:
             raise RemoteProtocolError("a response sent to the server")
         command = Command(header.command)
@@ -368,6 +481,7 @@ class ServerConnection:
         if command is Command.LOGOFF:
             Empty4.parse(message, "LOGOFF request")
             reply = self._ok(header, EMPTY4, credits, session)
+            self._drop_opens(lambda o: o.session is session)
             del self.sessions[session.session_id]
             return reply
         if command is Command.ECHO:
@@ -382,8 +496,11 @@ class ServerConnection:
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
         if command is Command.IOCTL:
             return self._ioctl(header, message, credits, session, tree)
+        if command in _FILE_DECODERS:
+            return self._file_operation(header, message, credits, session, tree, chain)
         if command is Command.TREE_DISCONNECT:
             Empty4.parse(message, "TREE_DISCONNECT request")
+            self._drop_opens(lambda o: o.tree is tree)
             del session.trees[tree.tree_id]
             return self._ok(header, EMPTY4, credits, session, tree_id=tree.tree_id)
         return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
@@ -608,6 +725,103 @@ class ServerConnection:
         )
         log.info("session established", extra={"user": session.user, "session": hex(session.session_id)})
         return reply
+
+    # -- file operations: handed to the shell, answered through complete() ---------------------
+
+    def events(self) -> list[FileOperation]:
+        """File operations to carry out, in order (each then answered with :meth:`complete`)."""
+        events, self._events = self._events, []
+        return events
+
+    def handles_to_close(self) -> list[object]:
+        """Handles of opens the protocol closed (logoff, tree disconnect) for the shell to release."""
+        handles, self._orphans = self._orphans, []
+        return handles
+
+    def _drop_opens(self, which: Callable[[Open], bool]) -> None:
+        for file_id in [fid for fid, o in self.opens.items() if which(o)]:
+            self._orphans.append(self.opens.pop(file_id).handle)
+
+    def _file_operation(
+        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree, chain: _Chain
+    ) -> _Reply | FileOperation:
+        command = Command(header.command)
+        request = _FILE_DECODERS[command](message)
+        related = bool(header.flags & Flags.RELATED_OPERATIONS)
+        if related and chain.failed is not None:
+            return self._error(header, chain.failed, credits, session, tree_id=tree.tree_id)
+        status = self._check_io_size(header, request)
+        if status is not None:
+            return self._error(header, status, credits, session, tree_id=tree.tree_id)
+        handle: object | None = None
+        file_id: bytes | None = None
+        if not isinstance(request, CreateRequest):
+            file_id = request.file_id
+            if related and file_id == NO_FILE_ID:
+                file_id = chain.last_file_id
+            opened = self.opens.get(file_id) if file_id is not None else None
+            if opened is None or opened.session is not session or opened.tree is not tree:
+                return self._error(header, NTStatus.FILE_CLOSED, credits, session, tree_id=tree.tree_id)
+            handle = opened.handle
+        elif len(self.opens) >= self.limits.max_opens:
+            return self._error(
+                header, NTStatus.INSUFFICIENT_RESOURCES, credits, session, tree_id=tree.tree_id
+            )
+        assert session.user is not None
+        op = FileOperation(next(self._op_ids), command, request, tree.share, session.user, handle, file_id)
+        self._waiting[op.op_id] = _Waiting(header, credits, session, tree)
+        return op
+
+    def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
+        """READ/WRITE within the negotiated sizes and paid for in credits (MS-SMB2 3.3.5.2.5)."""
+        if isinstance(request, ReadRequest):
+            size, limit = request.length, self.limits.max_read
+        elif isinstance(request, WriteRequest):
+            size, limit = request.length or len(request.data), self.limits.max_write
+        else:
+            return None
+        if size > limit:
+            return NTStatus.INVALID_PARAMETER
+        if max(header.credit_charge, 1) < (max(size, 1) - 1) // 65536 + 1:
+            return NTStatus.INVALID_PARAMETER
+        return None
+
+    def complete(self, op_id: int, result: FileResult, create: tuple[int, FileTimes] | None = None) -> None:
+        """The shell finished a :class:`FileOperation`; answer it and go on with its chain.
+
+        For a successful CREATE, ``create`` is (CreateAction, times) and ``result.handle`` the
+        opened file; the core assigns the FileId.
+        """
+        chain, op = self._pending.pop(op_id)
+        waiting = self._waiting.pop(op_id)
+        body = result.body
+        status = result.status
+        if op.command is Command.CREATE:
+            if status == NTStatus.SUCCESS and create is not None and result.handle is not None:
+                file_id = next(self._file_ids).to_bytes(8, "little") + next(self._file_ids).to_bytes(
+                    8, "little"
+                )
+                self.opens[file_id] = Open(file_id, waiting.session, waiting.tree, result.handle)
+                chain.last_file_id = file_id
+                body = CreateResponse(create[0], create[1], file_id).encode()
+            elif status == NTStatus.SUCCESS:
+                raise ValueError("a successful CREATE needs the handle and (action, times)")
+            else:
+                chain.failed = status
+        elif op.command is Command.CLOSE and status == NTStatus.SUCCESS and op.file_id is not None:
+            self.opens.pop(op.file_id, None)
+        partial = status == NTStatus.BUFFER_OVERFLOW and body  # data that did not all fit, still sent
+        if status != NTStatus.SUCCESS and not partial:
+            body = encode_error()
+        reply = self._reply(
+            waiting.header, status, body, waiting.credits, waiting.session, waiting.tree.tree_id
+        )
+        chain.replies.append(reply)
+        try:
+            self._continue(chain)
+        except SMBProtocolError:
+            self.state = ConnState.CLOSED
+            raise
 
     # -- IOCTL (MS-SMB2 3.3.5.15) -----------------------------------------------------------------
 
