@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import logging
 import os
 import re
@@ -51,10 +52,21 @@ from typing import Final
 import spnego
 from spnego import NegotiateOptions
 from spnego._context import ContextProxy, GSSMech
-from spnego._credential import NTLMHash
+from spnego._credential import CredentialCache, NTLMHash
+from spnego._ntlm import NTLMProxy, _NTLMCredential
+from spnego._ntlm_raw.crypto import hmac_md5, ntowfv2, rc4k
 from spnego._ntlm_raw.md4 import md4
-from spnego._ntlm_raw.messages import Authenticate, MessageType
+from spnego._ntlm_raw.messages import (
+    Authenticate,
+    AvFlags,
+    AvId,
+    MessageType,
+    NegotiateFlags,
+    NTClientChallengeV2,
+)
 from spnego._spnego import NegState, NegTokenInit, NegTokenResp, unpack_token
+from spnego.channel_bindings import GssChannelBindings
+from spnego.exceptions import BadBindingsError, InvalidTokenError
 
 from .errors import LocalProtocolError, SMBProtocolError
 from .ntstatus import NTStatus
@@ -691,7 +703,7 @@ class ServerAuthenticator:
             if self._context is None:
                 # Pin the SPNEGO layer to pyspnego's own NTLM acceptor, so an installed
                 # python-gssapi can neither add Kerberos nor replace the NTLM implementation.
-                ntlm = spnego.server(protocol="ntlm", options=NegotiateOptions.use_ntlm)
+                ntlm = _NTLMv2Acceptor(usage="accept", options=NegotiateOptions.use_ntlm)
                 self._context = spnego.server(
                     protocol="negotiate",
                     options=NegotiateOptions.use_negotiate,
@@ -699,6 +711,50 @@ class ServerAuthenticator:
                 )
             out = self._context.step(token)
         return out or b""
+
+
+class _NTLMv2Acceptor(NTLMProxy):
+    """pyspnego's NTLM acceptor with the NTLMv2 check of MS-NLMP 3.3.2 done over the bytes received.
+
+    pyspnego rebuilds the client's NTLMv2 blob from the parsed AV pairs and appends the four zero
+    bytes of MS-NLMP's pseudo-code before comparing whole responses; clients that end the blob
+    after MsvAvEOL (Samba's smbclient does) then never verify. Windows and Samba servers compute
+    NTProofStr over the blob as sent, and so does this method; everything else (challenge,
+    SPNEGO, signing and sealing keys for the mechListMIC) stays pyspnego's.
+    """
+
+    def _step_accept_authenticate(self, token: bytes, channel_bindings: GssChannelBindings | None) -> None:
+        negotiate = self._temp_negotiate
+        challenge = self._temp_challenge
+        if negotiate is None or challenge is None:
+            raise InvalidTokenError(context_msg="AUTHENTICATE before CHALLENGE")
+        auth = Authenticate.unpack(token)
+        response = auth.nt_challenge_response or b""
+        if not auth.user_name or len(response) <= 24:
+            raise InvalidTokenError(context_msg="only NTLMv2 logons are accepted")
+        username = f"{auth.domain_name}\\{auth.user_name}" if auth.domain_name else auth.user_name
+        self._credential = _NTLMCredential(CredentialCache(username=username))
+        response_key = ntowfv2(auth.user_name, self._credential.nt_hash, auth.domain_name)
+        blob = response[16:]
+        proof = hmac_md5(response_key, challenge.server_challenge + blob)
+        if not hmac.compare_digest(proof, response[:16]):
+            raise InvalidTokenError(context_msg="Invalid NTLM response from initiator")
+        av_pairs = NTClientChallengeV2.unpack(blob).av_pairs
+        if channel_bindings is not None:
+            raise BadBindingsError(context_msg="channel bindings are not used by SMB")
+        key_exchange_key = hmac_md5(response_key, proof)  # SessionBaseKey; KXKEY for NTLMv2
+        if auth.flags & NegotiateFlags.key_exch and auth.flags & (NegotiateFlags.sign | NegotiateFlags.seal):
+            self._session_key = rc4k(key_exchange_key, auth.encrypted_random_session_key or b"")
+        else:
+            self._session_key = key_exchange_key
+        if av_pairs.get(AvId.flags, 0) & AvFlags.mic:
+            expected = auth.mic or b""
+            auth.mic = b"\x00" * 16
+            actual = self._calculate_mic(self._session_key, negotiate.pack(), challenge.pack(), auth.pack())
+            if not hmac.compare_digest(actual, expected):
+                raise InvalidTokenError(context_msg="Invalid MIC in NTLM authentication message")
+        self._context_attr = auth.flags
+        self._complete = True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -403,9 +403,16 @@ class ServerConnection:
                 self._events.append(outcome)
                 return  # resumed by complete()
             if outcome is not None:
-                chain.replies.append(outcome)
+                chain.replies.append(self._as_requested(outcome, chain))
         if chain.replies:
             self._emit(chain.replies)
+
+    @staticmethod
+    def _as_requested(reply: _Reply, chain: _Chain) -> _Reply:
+        """An encrypted request gets an encrypted response (MS-SMB2 3.3.4.1.4)."""
+        if chain.encrypted_for is not None and reply.session is chain.encrypted_for:
+            reply.encrypt, reply.sign = True, False
+        return reply
 
     def _emit(self, replies: list[_Reply]) -> None:
         """Build the response chain: one compound PDU, each part 8-byte aligned and signed."""
@@ -511,9 +518,11 @@ class ServerConnection:
         """Signature and encryption rules for a request of a valid session (MS-SMB2 3.3.5.2.4, 3.3.5.2.9)."""
         if encrypted_for is not None:
             if encrypted_for is not session:
+                log.info("request encrypted for another session", extra={"session": hex(session.session_id)})
                 return NTStatus.ACCESS_DENIED
             return None
         if session.encrypt_data and self.policy.reject_unencrypted:
+            log.info("plain request on an encrypted session", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
         if header.flags & Flags.SIGNED:
             assert session.signer is not None
@@ -521,6 +530,7 @@ class ServerConnection:
                 log.warning("bad signature", extra={"session": hex(session.session_id)})
                 return NTStatus.ACCESS_DENIED
         elif session.signing_required:
+            log.info("unsigned request on a signed session", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
         return None
 
@@ -816,7 +826,7 @@ class ServerConnection:
         reply = self._reply(
             waiting.header, status, body, waiting.credits, waiting.session, waiting.tree.tree_id
         )
-        chain.replies.append(reply)
+        chain.replies.append(self._as_requested(reply, chain))
         try:
             self._continue(chain)
         except SMBProtocolError:
@@ -873,8 +883,10 @@ class ServerConnection:
         if share is None:
             return self._error(header, NTStatus.BAD_NETWORK_NAME, credits, session)
         if session.user is None or not share.allows(session.user):
+            log.info("share refused to user", extra={"share": share.name, "user": session.user})
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
         if share.encrypt and self.cipher is None:
+            log.info("share needs encryption, connection has no cipher", extra={"share": share.name})
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
         tree = Tree(session.next_tree_id, share)
         session.next_tree_id += 1
