@@ -1,0 +1,1129 @@
+"""The filesystem behind a disk share: a directory tree served with SMB2 CREATE semantics.
+
+Synchronous and blocking: the server's asyncio shell calls it from worker threads. One
+:class:`FsShare` per share (it holds a descriptor of the share root for its lifetime), one
+:class:`FsHandle` per open. Every failure is an :class:`FsError` carrying the NTSTATUS to
+answer; every ``OSError`` is translated through the one table :data:`ERRNO_STATUS`.
+
+Paths (:func:`split_smb_path`): SMB paths are backslash-separated and relative to the share
+root; ``""`` is the root. Refused, with the statuses Windows and Samba answer: a leading
+backslash (STATUS_INVALID_PARAMETER, MS-SMB2 3.3.5.9); a character NTFS does not allow in a
+name (``"*/:<>?|`` and 0x00-0x1F) or a stream other than the default ``name::$DATA``
+(STATUS_OBJECT_NAME_INVALID: this backend has no named streams); an empty component in the
+middle (``a\\\\b``) or a component over 255 bytes (STATUS_OBJECT_NAME_INVALID); ``..`` that
+climbs above the root (STATUS_OBJECT_PATH_SYNTAX_BAD, as Samba's ``check_path_syntax``).
+``..`` inside the share and ``.`` are resolved lexically, as Samba does; one trailing
+backslash is ignored.
+
+Confinement: every lookup walks the path one component at a time from the root's
+descriptor with ``openat``-style calls (``dir_fd``) and ``O_NOFOLLOW``, never through a
+path string, so a component renamed or swapped for a symbolic link during the walk cannot
+lead outside the share (the swap makes ``O_NOFOLLOW`` fail: STATUS_ACCESS_DENIED). Symbolic
+links are followed by reading them and continuing the walk in user space: a link to
+somewhere inside the share works like its target (relative, or absolute under the root's
+path); one that leads outside, or a chain longer than 40 links, is STATUS_ACCESS_DENIED.
+Deleting or renaming an open made through a link acts on the link, as on Samba. Listings
+hide links that lead outside or nowhere, special files (FIFOs, devices, sockets: they are
+refused on open too) and names SMB cannot carry (invalid characters, not UTF-8).
+
+Names are case-sensitive (POSIX): ``open("A.TXT")`` does not find ``a.txt``, and the
+volume says so (FILE_CASE_SENSITIVE_SEARCH). Search patterns of :meth:`FsHandle.list_directory`
+match case-insensitively, as on Windows.
+
+Sharing modes, oplocks/leases and the cross-open "delete pending" state belong to the
+server's open table, not here: a handle's delete-on-close is carried out when that handle
+closes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import stat as statmod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .fileinfo import (
+    AccessMask,
+    AllocationInformation,
+    BasicInformation,
+    DispositionFlags,
+    DispositionInformation,
+    DispositionInformationEx,
+    EndOfFileInformation,
+    FileAttributes,
+    FileStat,
+    ModeInformation,
+    OpenInfo,
+    PositionInformation,
+    RenameInformation,
+    SetFileInfo,
+    VolumeInfo,
+    filetime_to_unix_ns,
+    stat_to_filestat,
+)
+from .fileops import CreateAction, CreateDisposition, CreateOptions
+from .ntstatus import NTStatus
+
+log = logging.getLogger(__name__)
+
+# NTSTATUS values this module answers that ntstatus.NTStatus lacks ([MS-ERREF] 2.3.1).
+STATUS_DISK_FULL = 0xC000007F
+STATUS_MEDIA_WRITE_PROTECTED = 0xC00000A2
+STATUS_NOT_SAME_DEVICE = 0xC00000D4
+STATUS_CANNOT_DELETE = 0xC0000121
+STATUS_IO_DEVICE_ERROR = 0xC0000185
+
+
+class FsError(Exception):
+    """A filesystem operation failed; ``status`` is the NTSTATUS to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} ({NTStatus.name_of(self.status)})"
+
+
+#: The one translation of errno values to NTSTATUS (anything else is STATUS_UNSUCCESSFUL).
+ERRNO_STATUS: dict[int, int] = {
+    errno.ENOENT: NTStatus.OBJECT_NAME_NOT_FOUND,
+    errno.EEXIST: NTStatus.OBJECT_NAME_COLLISION,
+    errno.EACCES: NTStatus.ACCESS_DENIED,
+    errno.EPERM: NTStatus.ACCESS_DENIED,
+    errno.ELOOP: NTStatus.ACCESS_DENIED,  # O_NOFOLLOW met a symbolic link
+    errno.ENOTDIR: NTStatus.NOT_A_DIRECTORY,
+    errno.EISDIR: NTStatus.FILE_IS_A_DIRECTORY,
+    errno.ENOTEMPTY: NTStatus.DIRECTORY_NOT_EMPTY,
+    errno.ENOSPC: STATUS_DISK_FULL,
+    errno.EDQUOT: STATUS_DISK_FULL,
+    errno.EFBIG: STATUS_DISK_FULL,
+    errno.EROFS: STATUS_MEDIA_WRITE_PROTECTED,
+    errno.ENAMETOOLONG: NTStatus.OBJECT_NAME_INVALID,
+    errno.EILSEQ: NTStatus.OBJECT_NAME_INVALID,
+    errno.EXDEV: STATUS_NOT_SAME_DEVICE,
+    errno.EINVAL: NTStatus.INVALID_PARAMETER,
+    errno.EBADF: NTStatus.INVALID_HANDLE,
+    errno.EBUSY: NTStatus.SHARING_VIOLATION,
+    errno.ETXTBSY: NTStatus.SHARING_VIOLATION,
+    errno.EMFILE: NTStatus.INSUFFICIENT_RESOURCES,
+    errno.ENFILE: NTStatus.INSUFFICIENT_RESOURCES,
+    errno.ENOMEM: NTStatus.INSUFFICIENT_RESOURCES,
+    errno.EIO: STATUS_IO_DEVICE_ERROR,
+    errno.EOPNOTSUPP: NTStatus.NOT_SUPPORTED,
+}
+
+
+def status_of(err: OSError) -> int:
+    return ERRNO_STATUS.get(err.errno or 0, NTStatus.UNSUCCESSFUL)
+
+
+def _os_error(err: OSError, what: str) -> FsError:
+    return FsError(status_of(err), f"{what}: {err.strerror or err}")
+
+
+# -- paths ---------------------------------------------------------------------------------------
+
+#: Characters NTFS refuses in a name ([MS-FSCC] 2.1.5.2), besides the separator.
+_INVALID_CHARS = frozenset('"*/:<>?|') | frozenset(chr(c) for c in range(0x20))
+_WILDCARDS = frozenset('*?<>"')
+MAX_PATH_CHARS = 32767
+MAX_COMPONENT_BYTES = 255
+DEFAULT_STREAM = "::$DATA"
+MAX_SYMLINK_HOPS = 40
+
+
+def _component_error(name: str) -> str | None:
+    """Why ``name`` cannot be one component of an SMB path here, or None."""
+    if any(c in _INVALID_CHARS or c == "\\" for c in name):
+        return f"invalid character in {name!r}"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name!r} is not valid Unicode"
+    if len(encoded) > MAX_COMPONENT_BYTES:
+        return f"name of {len(encoded)} bytes"
+    return None
+
+
+def split_smb_path(smb_path: str) -> tuple[str, ...]:
+    """The components of a share-relative SMB path, checked and lexically normalised."""
+    if not smb_path:
+        return ()
+    if smb_path[0] == "\\":
+        raise FsError(NTStatus.INVALID_PARAMETER, f"path {smb_path!r} starts with a separator")
+    if len(smb_path) > MAX_PATH_CHARS:
+        raise FsError(NTStatus.OBJECT_NAME_INVALID, f"path of {len(smb_path)} characters")
+    if smb_path[-len(DEFAULT_STREAM) :].upper() == DEFAULT_STREAM.upper():
+        smb_path = smb_path[: -len(DEFAULT_STREAM)]
+    parts = smb_path.split("\\")
+    if parts and parts[-1] == "":
+        parts.pop()
+    out: list[str] = []
+    for part in parts:
+        if part == "":
+            raise FsError(NTStatus.OBJECT_NAME_INVALID, f"empty component in {smb_path!r}")
+        if part == ".":
+            continue
+        if part == "..":
+            if not out:
+                raise FsError(NTStatus.OBJECT_PATH_SYNTAX_BAD, f"{smb_path!r} climbs above the share")
+            out.pop()
+            continue
+        problem = _component_error(part)
+        if problem is not None:
+            raise FsError(NTStatus.OBJECT_NAME_INVALID, problem)
+        out.append(part)
+    return tuple(out)
+
+
+# -- search patterns (FsRtlIsNameInExpression, [MS-FSA] 2.1.4.4) ----------------------------------
+
+
+def _fold(s: str) -> str:
+    """Upper-case character by character, keeping the length (as the NTFS upcase table)."""
+    return "".join(u if len(u := c.upper()) == 1 else c for c in s)
+
+
+def _match(p: str, n: str) -> bool:
+    """Does name ``n`` match expression ``p`` (both folded)? ``*`` any run, ``?`` one character,
+    and the DOS wildcards: ``<`` any run not taking the name's last dot, ``>`` one character
+    or nothing at a dot or the end, ``"`` a dot or nothing at the end. Dynamic programming
+    over (pattern position, name position), from the ends: no recursion, O(len p * len n)."""
+    size = len(n)
+    last_dot = n.rfind(".")
+    nxt = [False] * (size + 1)
+    nxt[size] = True
+    for c in reversed(p):
+        cur = [False] * (size + 1)
+        for j in range(size, -1, -1):
+            more = j < size
+            if c == "*":
+                cur[j] = nxt[j] or (more and cur[j + 1])
+            elif c == "<":
+                cur[j] = nxt[j] or (more and j != last_dot and cur[j + 1])
+            elif c == "?":
+                cur[j] = more and nxt[j + 1]
+            elif c == ">":
+                cur[j] = nxt[j + 1] if more and n[j] != "." else nxt[j]
+            elif c == '"':
+                cur[j] = nxt[j + 1] if more and n[j] == "." else (not more and nxt[j])
+            else:
+                cur[j] = more and n[j] == c and nxt[j + 1]
+        nxt = cur
+    return nxt[0]
+
+
+MAX_PATTERN_CHARS = 1024
+
+
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """A predicate for a QUERY_DIRECTORY search pattern, case-insensitive as on Windows.
+    ``""``, ``*`` and ``*.*`` match every name (``*.*`` also those without a dot, as DOS)."""
+    if pattern in ("", "*", "*.*"):
+        return lambda name: True
+    if len(pattern) > MAX_PATTERN_CHARS or any(
+        (c in _INVALID_CHARS and c not in _WILDCARDS) or c == "\\" for c in pattern
+    ):
+        raise FsError(NTStatus.OBJECT_NAME_INVALID, f"search pattern {pattern!r}")
+    folded = _fold(pattern)
+    while "**" in folded:
+        folded = folded.replace("**", "*")
+    if not any(c in _WILDCARDS for c in folded):
+        return lambda name: _fold(name) == folded
+    return lambda name: _match(folded, _fold(name))
+
+
+# -- access masks ([MS-SMB2] 2.2.13.1) -------------------------------------------------------------
+
+FILE_ALL_ACCESS = 0x001F01FF
+FILE_GENERIC_READ = 0x00120089
+FILE_GENERIC_WRITE = 0x00120116
+FILE_GENERIC_EXECUTE = 0x001200A0
+#: Bits a client may never ask for (MS-SMB2 3.3.5.9: STATUS_ACCESS_DENIED).
+INVALID_ACCESS_BITS = 0x0CE0FE00
+WRITE_ACCESS = (
+    AccessMask.FILE_WRITE_DATA
+    | AccessMask.FILE_APPEND_DATA
+    | AccessMask.FILE_WRITE_EA
+    | AccessMask.FILE_WRITE_ATTRIBUTES
+    | AccessMask.FILE_DELETE_CHILD
+    | AccessMask.DELETE
+    | AccessMask.WRITE_DAC
+    | AccessMask.WRITE_OWNER
+)
+READ_ONLY_ACCESS = FILE_ALL_ACCESS & ~WRITE_ACCESS
+_DATA_WRITE = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
+_DATA_READ = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
+#: The CreateOptions bits that are also FileModeInformation bits (same values).
+_MODE_OPTIONS = 0x0000103E
+
+
+def grant_access(desired: int, read_only: bool) -> int:
+    """The access an open gets for DesiredAccess: generic rights mapped to file rights,
+    MAXIMUM_ALLOWED to everything the share allows. No per-file ACLs: POSIX permissions are
+    enforced by the open itself."""
+    if desired & INVALID_ACCESS_BITS:
+        raise FsError(NTStatus.ACCESS_DENIED, f"DesiredAccess {desired:#x} has reserved bits")
+    if desired & AccessMask.ACCESS_SYSTEM_SECURITY:
+        raise FsError(NTStatus.PRIVILEGE_NOT_HELD, "ACCESS_SYSTEM_SECURITY")
+    access = desired & FILE_ALL_ACCESS
+    if desired & AccessMask.GENERIC_READ:
+        access |= FILE_GENERIC_READ
+    if desired & AccessMask.GENERIC_WRITE:
+        access |= FILE_GENERIC_WRITE
+    if desired & AccessMask.GENERIC_EXECUTE:
+        access |= FILE_GENERIC_EXECUTE
+    if desired & AccessMask.GENERIC_ALL:
+        access |= FILE_ALL_ACCESS
+    if read_only and access & WRITE_ACCESS:
+        raise FsError(NTStatus.ACCESS_DENIED, "write access to a read-only share")
+    if desired & AccessMask.MAXIMUM_ALLOWED:
+        access |= READ_ONLY_ACCESS if read_only else FILE_ALL_ACCESS
+    return access
+
+
+# -- renameat2(RENAME_NOREPLACE) ------------------------------------------------------------------
+
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2: Any = _load_renameat2()
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Rename failing with EEXIST if ``dst`` exists, atomically where the kernel and the
+    filesystem offer RENAME_NOREPLACE; otherwise check then rename (a window remains)."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err))
+    try:
+        os.stat(dst, dir_fd=dst_dir, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+    else:
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+
+
+# -- the share -------------------------------------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs an open
+
+
+@dataclasses.dataclass
+class _Where:
+    """Where a path leads: the entry ``name`` in the directory ``parent_fd`` (owned), or the
+    share root (``parent_fd`` None, ``name`` ""); ``st`` its lstat, None if it does not exist."""
+
+    parent_fd: int | None
+    name: str
+    rel: tuple[str, ...]
+    st: os.stat_result | None
+
+    def close(self) -> None:
+        if self.parent_fd is not None:
+            os.close(self.parent_fd)
+            self.parent_fd = None
+
+
+def _is_link(st: os.stat_result | None) -> bool:
+    return st is not None and statmod.S_ISLNK(st.st_mode)
+
+
+class FsShare:
+    """A directory tree served as a share (see the module docstring)."""
+
+    def __init__(self, root: Path | str, *, read_only: bool = False, label: str | None = None) -> None:
+        self.root = Path(root)
+        self.read_only = read_only
+        self.label = self.root.name if label is None else label
+        try:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _os_error(exc, f"share root {self.root}") from None
+        # Absolute link targets count as inside when they start with the root's path.
+        self._root_prefixes = {
+            tuple(p for p in os.path.realpath(self.root).split("/") if p),
+            tuple(p for p in os.path.abspath(self.root).split("/") if p),
+        }
+
+    def close(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    def __enter__(self) -> FsShare:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def _link_parts(self, target: str) -> tuple[list[str], bool]:
+        """A link target as components to walk, and whether it restarts at the root."""
+        parts = [p for p in target.split("/") if p and p != "."]
+        if not target.startswith("/"):
+            return parts, False
+        for prefix in self._root_prefixes:
+            if tuple(parts[: len(prefix)]) == prefix:
+                return parts[len(prefix) :], True
+        raise FsError(NTStatus.ACCESS_DENIED, "a symbolic link leads out of the share")
+
+    def _resolve(self, comps: Sequence[str], *, follow: bool) -> _Where:
+        """Walk ``comps`` from the root (see the module docstring); ``follow``: also follow a
+        link in the last component. Missing parents are STATUS_OBJECT_PATH_NOT_FOUND."""
+        pending = list(reversed(comps))
+        names: list[str] = []
+        fds: list[int] = []  # fds[k] is the directory names[k]
+        hops = 0
+
+        def here() -> int:
+            return fds[-1] if fds else self._root_fd
+
+        def found(name: str, st: os.stat_result | None) -> _Where:
+            rel = (*names, name)
+            parent = fds.pop() if fds else os.dup(self._root_fd)
+            return _Where(parent, name, rel, st)
+
+        try:
+            while pending:
+                name = pending.pop()
+                if name == "..":
+                    if not names:
+                        raise FsError(NTStatus.ACCESS_DENIED, "a symbolic link leads out of the share")
+                    names.pop()
+                    os.close(fds.pop())
+                    continue
+                last = not pending
+                try:
+                    st = os.stat(name, dir_fd=here(), follow_symlinks=False)
+                except FileNotFoundError:
+                    if last:
+                        return found(name, None)
+                    raise FsError(NTStatus.OBJECT_PATH_NOT_FOUND, f"no directory {name!r}") from None
+                except OSError as exc:
+                    raise _os_error(exc, f"lookup of {name!r}") from None
+                if statmod.S_ISLNK(st.st_mode) and (follow or not last):
+                    hops += 1
+                    if hops > MAX_SYMLINK_HOPS:
+                        raise FsError(NTStatus.ACCESS_DENIED, "too many symbolic links")
+                    try:
+                        target = os.readlink(name, dir_fd=here())
+                    except OSError as exc:
+                        raise _os_error(exc, f"readlink of {name!r}") from None
+                    parts, absolute = self._link_parts(target)
+                    if absolute:
+                        while fds:
+                            os.close(fds.pop())
+                        names.clear()
+                    pending.extend(reversed(parts))
+                    continue
+                if last:
+                    return found(name, st)
+                if not statmod.S_ISDIR(st.st_mode):
+                    raise FsError(NTStatus.OBJECT_PATH_NOT_FOUND, f"{name!r} is not a directory")
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=here())
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped since the lstat
+                        raise FsError(NTStatus.ACCESS_DENIED, f"{name!r} changed during lookup") from None
+                    raise _os_error(exc, f"open of directory {name!r}") from None
+                fds.append(fd)
+                names.append(name)
+            # The walk ended on a directory it holds (a link to a directory, or "..").
+            if not names:
+                return _Where(None, "", (), os.fstat(self._root_fd))
+            st = os.fstat(fds[-1])
+            os.close(fds.pop())
+            name = names.pop()
+            return found(name, st)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _target_stat(self, rel: Sequence[str]) -> os.stat_result | None:
+        """lstat of where ``rel`` leads after links, None if nowhere or outside."""
+        try:
+            where = self._resolve(rel, follow=True)
+        except FsError:
+            return None
+        where.close()
+        return where.st
+
+    def resolve(self, smb_path: str, *, must_exist: bool = True) -> Path:
+        """Where ``smb_path`` physically is, links followed, with every refusal :meth:`open`
+        would give (a missing parent is STATUS_OBJECT_PATH_NOT_FOUND, a missing entry
+        STATUS_OBJECT_NAME_NOT_FOUND unless ``must_exist`` is false). For logs and tools: a path
+        string reopens the races the descriptor walk closes, so this module never opens one."""
+        where = self._resolve(split_smb_path(smb_path), follow=True)
+        where.close()
+        if where.st is None and must_exist:
+            raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no {smb_path!r}")
+        return self.root.joinpath(*where.rel)
+
+    def stat(self, smb_path: str) -> FileStat:
+        """The :class:`FileStat` of a path, following links (no open needed)."""
+        comps = split_smb_path(smb_path)
+        where = self._resolve(comps, follow=True)
+        where.close()
+        if where.st is None:
+            raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no {smb_path!r}")
+        return stat_to_filestat(where.st, comps[-1] if comps else "")
+
+    def volume_info(self) -> VolumeInfo:
+        """The share's volume for the file system information classes (from ``fstatvfs``).
+        The serial number is derived from the root's device and inode (stable across restarts)."""
+        try:
+            v = os.fstatvfs(self._root_fd)
+            st = os.fstat(self._root_fd)
+        except OSError as exc:
+            raise _os_error(exc, "statvfs") from None
+        return VolumeInfo(
+            block_size=v.f_frsize or v.f_bsize,
+            total_blocks=v.f_blocks,
+            free_blocks=v.f_bfree,
+            available_blocks=v.f_bavail,
+            label=self.label,
+            serial_number=(st.st_dev ^ st.st_ino) & 0xFFFFFFFF,
+            read_only=self.read_only or bool(v.f_flag & os.ST_RDONLY),
+        )
+
+    # -- CREATE ([MS-SMB2] 3.3.5.9, [MS-FSA] 2.1.5.1) --------------------------------------------
+
+    def open(self, smb_path: str, disposition: int, create_options: int, desired_access: int) -> FsHandle:
+        """Open or create ``smb_path`` as SMB2 CREATE does; the handle's ``create_action`` says
+        which of SUPERSEDED, OPENED, CREATED, OVERWRITTEN happened.
+
+        SUPERSEDE of an existing file truncates it (there are no attributes or streams to
+        replace). FILE_DIRECTORY_FILE allows only CREATE, OPEN and OPEN_IF; an existing
+        directory is never overwritten (STATUS_INVALID_PARAMETER, as Samba)."""
+        try:
+            disp = CreateDisposition(disposition)
+        except ValueError:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"CreateDisposition {disposition}") from None
+        want_dir = bool(create_options & CreateOptions.DIRECTORY_FILE)
+        want_file = bool(create_options & CreateOptions.NON_DIRECTORY_FILE)
+        if want_dir and want_file:
+            raise FsError(NTStatus.INVALID_PARAMETER, "both DIRECTORY_FILE and NON_DIRECTORY_FILE")
+        if want_dir and disp not in (
+            CreateDisposition.CREATE,
+            CreateDisposition.OPEN,
+            CreateDisposition.OPEN_IF,
+        ):
+            raise FsError(NTStatus.INVALID_PARAMETER, f"DIRECTORY_FILE with {disp.name}")
+        access = grant_access(desired_access, self.read_only)
+        delete_on_close = bool(create_options & CreateOptions.DELETE_ON_CLOSE)
+        if delete_on_close and not access & AccessMask.DELETE:
+            raise FsError(NTStatus.ACCESS_DENIED, "DELETE_ON_CLOSE without DELETE access")
+        if self.read_only and disp not in (CreateDisposition.OPEN, CreateDisposition.OPEN_IF):
+            raise FsError(NTStatus.ACCESS_DENIED, f"{disp.name} on a read-only share")
+        comps = split_smb_path(smb_path)
+        maximum = bool(desired_access & AccessMask.MAXIMUM_ALLOWED)
+        for attempt in range(2):
+            try:
+                return self._open(
+                    comps, disp, want_dir, want_file, access, maximum, delete_on_close, create_options
+                )
+            except FileExistsError:  # created by someone else between our lookup and create
+                if disp == CreateDisposition.CREATE or attempt:
+                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{smb_path!r} exists") from None
+        raise AssertionError("unreachable")
+
+    def _open(
+        self,
+        comps: tuple[str, ...],
+        disp: CreateDisposition,
+        want_dir: bool,
+        want_file: bool,
+        access: int,
+        maximum: bool,
+        delete_on_close: bool,
+        options: int,
+    ) -> FsHandle:
+        named = self._resolve(comps, follow=False)
+        phys = named
+        fd = -1
+        try:
+            if _is_link(named.st):
+                phys = self._resolve(comps, follow=True)
+                if phys.st is None:
+                    if disp in (CreateDisposition.OPEN, CreateDisposition.OVERWRITE):
+                        raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, "dangling symbolic link")
+                    raise FsError(NTStatus.ACCESS_DENIED, "creating through a symbolic link")
+            if phys.st is None:
+                if disp in (CreateDisposition.OPEN, CreateDisposition.OVERWRITE):
+                    raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no {comps[-1]!r}")
+                if self.read_only:
+                    raise FsError(NTStatus.ACCESS_DENIED, "creating on a read-only share")
+                fd, is_dir = self._create(phys, want_dir, access), want_dir
+                action = CreateAction.CREATED
+            else:
+                if disp == CreateDisposition.CREATE:
+                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{'/'.join(comps)!r} exists")
+                fd, is_dir, access = self._open_existing(phys, disp, want_dir, want_file, access, maximum)
+                action = {
+                    CreateDisposition.SUPERSEDE: CreateAction.SUPERSEDED,
+                    CreateDisposition.OVERWRITE: CreateAction.OVERWRITTEN,
+                    CreateDisposition.OVERWRITE_IF: CreateAction.OVERWRITTEN,
+                }.get(disp, CreateAction.OPENED)
+            named_st = named.st if _is_link(named.st) else os.fstat(fd)
+            assert named_st is not None
+            handle = FsHandle(
+                share=self,
+                fd=fd,
+                parent_fd=named.parent_fd,
+                name=named.name,
+                rel=phys.rel,
+                smb_path="\\".join(comps),
+                is_directory=is_dir,
+                granted_access=access,
+                create_action=action,
+                identity=(named_st.st_dev, named_st.st_ino),
+                via_link=phys is not named,
+                mode=options & _MODE_OPTIONS,
+            )
+            named.parent_fd = None  # the handle owns it now
+            fd = -1
+            if delete_on_close:
+                try:
+                    handle.set_delete_on_close(True, check_empty=False)
+                except BaseException:
+                    handle.close()
+                    raise
+            return handle
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            named.close()
+            if phys is not named:
+                phys.close()
+
+    def _create(self, where: _Where, want_dir: bool, access: int) -> int:
+        assert where.parent_fd is not None
+        try:
+            if want_dir:
+                os.mkdir(where.name, 0o777, dir_fd=where.parent_fd)
+                return os.open(where.name, _DIR_FLAGS, dir_fd=where.parent_fd)
+            flags = _FILE_FLAGS | os.O_CREAT | os.O_EXCL | _access_mode(access, truncate=False)
+            return os.open(where.name, flags, 0o666, dir_fd=where.parent_fd)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise _os_error(exc, f"create of {where.name!r}") from None
+
+    def _open_existing(
+        self,
+        where: _Where,
+        disp: CreateDisposition,
+        want_dir: bool,
+        want_file: bool,
+        access: int,
+        maximum: bool,
+    ) -> tuple[int, bool, int]:
+        assert where.st is not None
+        is_dir = statmod.S_ISDIR(where.st.st_mode)
+        if not is_dir and not statmod.S_ISREG(where.st.st_mode):
+            raise FsError(NTStatus.ACCESS_DENIED, f"{where.name!r} is not a regular file or directory")
+        if is_dir and want_file:
+            raise FsError(NTStatus.FILE_IS_A_DIRECTORY, f"{where.name!r} is a directory")
+        if not is_dir and want_dir:
+            raise FsError(NTStatus.NOT_A_DIRECTORY, f"{where.name!r} is not a directory")
+        truncate = disp in (
+            CreateDisposition.SUPERSEDE,
+            CreateDisposition.OVERWRITE,
+            CreateDisposition.OVERWRITE_IF,
+        )
+        if is_dir and truncate:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"{disp.name} of a directory")
+        try:
+            if where.parent_fd is None:  # the share root
+                fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
+            elif is_dir:
+                fd = os.open(where.name, _DIR_FLAGS, dir_fd=where.parent_fd)
+            else:
+                fd = self._open_file(where, access, truncate, maximum)
+                if maximum and _fd_access_mode(fd) == os.O_RDONLY:
+                    access &= ~_DATA_WRITE  # MAXIMUM_ALLOWED: what the file allowed
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or (is_dir and exc.errno == errno.ENOTDIR):  # swapped since the lstat
+                raise FsError(NTStatus.ACCESS_DENIED, f"{where.name!r} changed during open") from None
+            raise _os_error(exc, f"open of {where.name!r}") from None
+        st = os.fstat(fd)
+        if statmod.S_ISDIR(st.st_mode) != is_dir or not (
+            statmod.S_ISDIR(st.st_mode) or statmod.S_ISREG(st.st_mode)
+        ):
+            os.close(fd)
+            raise FsError(NTStatus.ACCESS_DENIED, f"{where.name!r} changed during open")
+        return fd, is_dir, access
+
+    def _open_file(self, where: _Where, access: int, truncate: bool, maximum: bool) -> int:
+        assert where.parent_fd is not None
+        flags = _FILE_FLAGS | _access_mode(access, truncate) | (os.O_TRUNC if truncate else 0)
+        try:
+            return os.open(where.name, flags, dir_fd=where.parent_fd)
+        except PermissionError:
+            if not maximum or truncate or flags & os.O_ACCMODE == os.O_RDONLY:
+                raise
+            # MAXIMUM_ALLOWED grants what the file allows: fall back to reading.
+            return os.open(where.name, _FILE_FLAGS | os.O_RDONLY, dir_fd=where.parent_fd)
+
+
+def _access_mode(access: int, truncate: bool) -> int:
+    write = bool(access & _DATA_WRITE) or truncate
+    read = bool(access & _DATA_READ) or not write
+    if write:
+        return os.O_RDWR if read or truncate else os.O_WRONLY
+    return os.O_RDONLY
+
+
+def _fd_access_mode(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+
+# -- an open ---------------------------------------------------------------------------------------
+
+
+class FsHandle:
+    """One open file or directory of an :class:`FsShare`.
+
+    Operations check the open's granted access as MS-SMB2 3.3.5 asks (READ needs
+    FILE_READ_DATA or FILE_EXECUTE, WRITE and FLUSH FILE_WRITE_DATA or FILE_APPEND_DATA, size
+    changes FILE_WRITE_DATA, times and attributes FILE_WRITE_ATTRIBUTES, rename and delete
+    DELETE, listing FILE_LIST_DIRECTORY): STATUS_ACCESS_DENIED otherwise. Calls on one handle
+    must not overlap with its :meth:`close`; reads and writes at offsets may run concurrently.
+    """
+
+    def __init__(
+        self,
+        *,
+        share: FsShare,
+        fd: int,
+        parent_fd: int | None,
+        name: str,
+        rel: tuple[str, ...],
+        smb_path: str,
+        is_directory: bool,
+        granted_access: int,
+        create_action: int,
+        identity: tuple[int, int],
+        via_link: bool = False,
+        mode: int = 0,
+    ) -> None:
+        self.share = share
+        self._fd = fd
+        self._parent_fd = parent_fd
+        self._name = name  # the entry the path names (a link, if it was one)
+        self._rel = rel  # where it physically is, after links (for links met when listing)
+        self._identity = identity  # (st_dev, st_ino) of the named entry, checked before unlink
+        self._via_link = via_link  # opened through a symbolic link: renames move the link
+        self.smb_path = smb_path
+        self.is_directory = is_directory
+        self.granted_access = granted_access
+        self.create_action = create_action
+        self.delete_on_close = False
+        self.position = 0
+        self.mode = mode
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._fd
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise FsError(NTStatus.FILE_CLOSED, f"{self.smb_path!r} is closed")
+
+    def _need(self, mask: int, what: str) -> None:
+        self._check_open()
+        if not self.granted_access & mask:
+            raise FsError(NTStatus.ACCESS_DENIED, f"{what} of {self.smb_path!r} without the access")
+
+    def _need_file(self, what: str) -> None:
+        if self.is_directory:
+            raise FsError(NTStatus.INVALID_DEVICE_REQUEST, f"{what} of directory {self.smb_path!r}")
+
+    @staticmethod
+    def _check_range(offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > (1 << 63) - 1:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"range {offset}+{length}")
+
+    def __enter__(self) -> FsHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FsHandle {self.smb_path!r}{' closed' if self.closed else ''}>"
+
+    # -- information ---------------------------------------------------------------------------
+
+    def stat(self) -> FileStat:
+        self._check_open()
+        try:
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            raise _os_error(exc, "fstat") from None
+        info = stat_to_filestat(st, self._name)
+        return dataclasses.replace(info, delete_pending=True) if self.delete_on_close else info
+
+    def open_info(self) -> OpenInfo:
+        """What the information classes report about this open (its name from the root)."""
+        return OpenInfo("\\" + self.smb_path, self.granted_access, self.position, self.mode)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at ``offset``: fewer only at the end of the file, none past it
+        (the caller answers STATUS_END_OF_FILE, MS-SMB2 3.3.5.12)."""
+        self._need(_DATA_READ, "read")
+        self._need_file("read")
+        self._check_range(offset, length)
+        try:
+            data = os.pread(self._fd, length, offset)
+            if not data or len(data) == length:
+                return data
+            chunks = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self._fd, length - got, offset + got)
+                if not more:
+                    break
+                chunks.append(more)
+                got += len(more)
+            return b"".join(chunks)
+        except OSError as exc:
+            raise _os_error(exc, f"read of {self.smb_path!r}") from None
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        """Read into a caller's (writable) buffer at ``offset``; the count, short only at EOF."""
+        self._need(_DATA_READ, "read")
+        self._need_file("read")
+        self._check_range(offset, len(buffer))
+        total = 0
+        try:
+            while total < len(buffer):
+                got = os.preadv(self._fd, [buffer[total:]], offset + total)
+                if not got:
+                    break
+                total += got
+        except OSError as exc:
+            raise _os_error(exc, f"read of {self.smb_path!r}") from None
+        return total
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        """Write all of ``data`` at ``offset`` (past the end extends the file; the gap reads as
+        zeros). Returns the count written."""
+        self._need(_DATA_WRITE, "write")
+        self._need_file("write")
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        self._check_range(offset, len(view))
+        total = 0
+        try:
+            while total < len(view):
+                wrote = os.pwrite(self._fd, view[total:], offset + total)
+                if not wrote:
+                    break
+                total += wrote
+        except OSError as exc:
+            raise _os_error(exc, f"write of {self.smb_path!r}") from None
+        return total
+
+    def flush(self) -> None:
+        """fsync (MS-SMB2 3.3.5.11: a file needs write access; a directory does not)."""
+        if not self.is_directory:
+            self._need(_DATA_WRITE, "flush")
+        self._check_open()
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _os_error(exc, f"flush of {self.smb_path!r}") from None
+
+    def truncate(self, size: int) -> None:
+        """Set the end of file (FileEndOfFileInformation)."""
+        self._need(AccessMask.FILE_WRITE_DATA, "set end of file")
+        if self.is_directory:
+            raise FsError(NTStatus.INVALID_PARAMETER, "end of file of a directory")
+        self._check_range(size, 0)
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise _os_error(exc, f"truncate of {self.smb_path!r}") from None
+
+    def set_allocation_size(self, size: int) -> None:
+        """FileAllocationInformation: below the end of file it truncates ([MS-FSA]);
+        above, nothing is reserved (POSIX allocates on write)."""
+        self._need(AccessMask.FILE_WRITE_DATA, "set allocation")
+        if self.is_directory:
+            raise FsError(NTStatus.INVALID_PARAMETER, "allocation of a directory")
+        self._check_range(size, 0)
+        try:
+            if size < os.fstat(self._fd).st_size:
+                os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise _os_error(exc, f"allocation of {self.smb_path!r}") from None
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    def set_times(
+        self,
+        *,
+        creation: int | None = None,
+        last_access: int | None = None,
+        last_write: int | None = None,
+        change: int | None = None,
+    ) -> None:
+        """Set times (FILETIMEs; None, 0, -1 and -2 leave a time alone). POSIX stores only the
+        last access and last write times; creation and change times are accepted and ignored."""
+        self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set times")
+        del creation, change
+        atime = last_access if last_access is not None and last_access > 0 else None
+        mtime = last_write if last_write is not None and last_write > 0 else None
+        if atime is None and mtime is None:
+            return
+        try:
+            st = os.fstat(self._fd)
+            os.utime(
+                self._fd,
+                ns=(
+                    st.st_atime_ns if atime is None else filetime_to_unix_ns(atime),
+                    st.st_mtime_ns if mtime is None else filetime_to_unix_ns(mtime),
+                ),
+            )
+        except OverflowError:
+            raise FsError(NTStatus.INVALID_PARAMETER, "time out of range") from None
+        except OSError as exc:
+            raise _os_error(exc, f"set times of {self.smb_path!r}") from None
+
+    def set_attributes(self, attributes: int) -> None:
+        """Apply FileBasicInformation.FileAttributes (0: leave them). READONLY on a file is
+        stored as the absence of ``w`` bits; the other attributes have no POSIX home."""
+        self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set attributes")
+        if not attributes:
+            return
+        if attributes & FileAttributes.DIRECTORY and not self.is_directory:
+            raise FsError(NTStatus.INVALID_PARAMETER, "DIRECTORY attribute on a file")
+        if self.is_directory:
+            return
+        try:
+            mode = statmod.S_IMODE(os.fstat(self._fd).st_mode)
+            if attributes & FileAttributes.READONLY:
+                new = mode & ~0o222
+            elif not mode & 0o222:
+                new = mode | 0o200
+            else:
+                return
+            if new != mode:
+                os.chmod(self._fd, new)
+        except OSError as exc:
+            raise _os_error(exc, f"set attributes of {self.smb_path!r}") from None
+
+    def set_delete_on_close(
+        self, delete: bool, *, check_empty: bool = True, ignore_readonly: bool = False
+    ) -> None:
+        """Mark (or unmark) the entry for deletion when this handle closes
+        (FileDispositionInformation). A non-empty directory is STATUS_DIRECTORY_NOT_EMPTY, a
+        read-only file STATUS_CANNOT_DELETE, the share root STATUS_ACCESS_DENIED.
+        ``check_empty=False`` is CREATE's FILE_DELETE_ON_CLOSE: a directory that is not empty
+        at close then simply stays (as Windows and Samba)."""
+        self._check_open()
+        if not delete:
+            self.delete_on_close = False
+            return
+        self._need(AccessMask.DELETE, "delete")
+        if self.share.read_only or self._parent_fd is None:
+            raise FsError(NTStatus.ACCESS_DENIED, f"deleting {self.smb_path or 'the share root'!r}")
+        try:
+            st = os.fstat(self._fd)
+            if self.is_directory:
+                if check_empty and not self._is_empty():
+                    raise FsError(NTStatus.DIRECTORY_NOT_EMPTY, f"{self.smb_path!r} is not empty")
+            elif not st.st_mode & 0o222 and not ignore_readonly:
+                raise FsError(STATUS_CANNOT_DELETE, f"{self.smb_path!r} is read-only")
+        except OSError as exc:
+            raise _os_error(exc, f"delete of {self.smb_path!r}") from None
+        self.delete_on_close = True
+
+    def _is_empty(self) -> bool:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+        try:
+            with os.scandir(fd) as entries:
+                return next(entries, None) is None
+        finally:
+            os.close(fd)
+
+    def rename(self, new_smb_path: str, replace: bool) -> None:
+        """Move the entry to ``new_smb_path`` (from the share root; one leading backslash is
+        tolerated). An existing target is STATUS_OBJECT_NAME_COLLISION unless ``replace``;
+        a directory is never replaced, nor a file by a directory (STATUS_ACCESS_DENIED)."""
+        self._need(AccessMask.DELETE, "rename")
+        if self.share.read_only or self._parent_fd is None:
+            raise FsError(NTStatus.ACCESS_DENIED, f"renaming {self.smb_path or 'the share root'!r}")
+        path = new_smb_path[1:] if new_smb_path.startswith("\\") else new_smb_path
+        comps = split_smb_path(path)
+        if not comps:
+            raise FsError(NTStatus.OBJECT_NAME_INVALID, f"rename target {new_smb_path!r}")
+        dst = self.share._resolve(comps, follow=False)
+        try:
+            if dst.parent_fd is None:
+                raise FsError(NTStatus.ACCESS_DENIED, "rename onto the share root")
+            try:
+                src = os.stat(self._name, dir_fd=self._parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                src = None
+            if src is None or (src.st_dev, src.st_ino) != self._identity:
+                raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"{self.smb_path!r} was moved or deleted")
+            if dst.st is not None and (dst.st.st_dev, dst.st.st_ino) != self._identity:
+                if not replace:
+                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{path!r} exists")
+                if statmod.S_ISDIR(dst.st.st_mode) or statmod.S_ISDIR(src.st_mode):
+                    raise FsError(NTStatus.ACCESS_DENIED, f"cannot replace {path!r}")
+            try:
+                if dst.st is None and not replace:
+                    _rename_noreplace(self._parent_fd, self._name, dst.parent_fd, dst.name)
+                else:
+                    os.rename(self._name, dst.name, src_dir_fd=self._parent_fd, dst_dir_fd=dst.parent_fd)
+            except FileExistsError:
+                raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{path!r} exists") from None
+            except OSError as exc:
+                raise _os_error(exc, f"rename of {self.smb_path!r}") from None
+            os.close(self._parent_fd)
+            self._parent_fd, dst.parent_fd = dst.parent_fd, None
+            if not self._via_link:
+                self._rel = dst.rel
+            self._name = dst.name
+            self.smb_path = "\\".join(comps)
+        finally:
+            dst.close()
+
+    def set_info(self, info: SetFileInfo) -> None:
+        """Apply a decoded SET_INFO (SMB2_0_INFO_FILE) buffer ([MS-SMB2] 3.3.5.21.1)."""
+        if isinstance(info, BasicInformation):
+            self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set basic information")
+            self.set_attributes(info.attributes)
+            self.set_times(
+                creation=info.creation_time,
+                last_access=info.last_access_time,
+                last_write=info.last_write_time,
+                change=info.change_time,
+            )
+        elif isinstance(info, EndOfFileInformation):
+            self.truncate(info.end_of_file)
+        elif isinstance(info, AllocationInformation):
+            self.set_allocation_size(info.allocation_size)
+        elif isinstance(info, DispositionInformation):
+            self.set_delete_on_close(info.delete_pending)
+        elif isinstance(info, DispositionInformationEx):
+            # POSIX_SEMANTICS (unlink now, keep the open) is approximated by delete on close.
+            ignore_readonly = bool(info.flags & DispositionFlags.IGNORE_READONLY_ATTRIBUTE)
+            self.set_delete_on_close(info.delete, ignore_readonly=ignore_readonly)
+        elif isinstance(info, RenameInformation):
+            self.rename(info.file_name, info.replace_if_exists)
+        elif isinstance(info, PositionInformation):
+            self._check_open()
+            self.position = info.current_byte_offset
+        elif isinstance(info, ModeInformation):
+            self._check_open()
+            self.mode = (self.mode & CreateOptions.DELETE_ON_CLOSE) | info.mode
+
+    # -- directories -----------------------------------------------------------------------------
+
+    def list_directory(self, pattern: str = "*") -> list[tuple[str, FileStat]]:
+        """The entries matching ``pattern`` (see :func:`compile_pattern`): ``.`` and ``..`` first
+        (``..`` of the root is the root, as Samba), then the rest sorted case-insensitively."""
+        self._need(AccessMask.FILE_READ_DATA, "list")
+        if not self.is_directory:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"{self.smb_path!r} is not a directory")
+        match = compile_pattern(pattern)
+        head: list[tuple[str, FileStat]] = []
+        entries: list[tuple[str, FileStat]] = []
+        try:
+            if match("."):
+                head.append((".", stat_to_filestat(os.fstat(self._fd), ".")))
+            if match(".."):
+                parent = self._parent_fd if self._parent_fd is not None else self._fd
+                head.append(("..", stat_to_filestat(os.fstat(parent), "..")))
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        name = entry.name
+                        if _component_error(name) is not None or not match(name):
+                            continue
+                        try:
+                            st: os.stat_result | None = entry.stat(follow_symlinks=False)
+                        except OSError:  # gone meanwhile, or unreadable: not listed
+                            continue
+                        if _is_link(st):
+                            st = self.share._target_stat((*self._rel, name))
+                        if st is None or not (statmod.S_ISREG(st.st_mode) or statmod.S_ISDIR(st.st_mode)):
+                            continue
+                        entries.append((name, stat_to_filestat(st, name)))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _os_error(exc, f"listing of {self.smb_path!r}") from None
+        entries.sort(key=lambda e: (_fold(e[0]), e[0]))
+        return head + entries
+
+    # -- close -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the handle, first deleting the entry if delete-on-close is set (a failure
+        to delete, such as a directory filled meanwhile, is logged: CLOSE still succeeds).
+        Closing twice is harmless."""
+        if self._fd < 0:
+            return
+        try:
+            if self.delete_on_close:
+                self._delete()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+            if self._parent_fd is not None:
+                os.close(self._parent_fd)
+                self._parent_fd = None
+
+    def _delete(self) -> None:
+        assert self._parent_fd is not None
+        try:
+            st = os.stat(self._name, dir_fd=self._parent_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != self._identity:
+                log.warning("not deleting %r: replaced since it was opened", self.smb_path)
+            elif statmod.S_ISDIR(st.st_mode):
+                os.rmdir(self._name, dir_fd=self._parent_fd)
+            else:
+                os.unlink(self._name, dir_fd=self._parent_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # ENOTEMPTY is expected: CREATE's DELETE_ON_CLOSE on a directory that is not empty.
+            level = logging.DEBUG if exc.errno == errno.ENOTEMPTY else logging.WARNING
+            log.log(level, "delete on close of %r failed: %s", self.smb_path, exc)
