@@ -16,6 +16,7 @@ from ferry_hostnet import InterfaceOverride, parse_speed
 from ferry_hostnet.collect import collect_inventory
 from smbcore.aio_server import ServerSettings, SMBServer
 from smbcore.auth import ServerAuthenticator, UserDatabase, UserDatabaseError
+from smbcore.fileservice import FsFileService
 from smbcore.ioctl import InterfaceCapability, NetworkInterfaceInfo
 from smbcore.messages import ShareType
 from smbcore.server import ServerPolicy, Share
@@ -106,6 +107,7 @@ async def serve(args: argparse.Namespace) -> int:
         initial_token=ServerAuthenticator.initial_token(),
         policy=ServerPolicy(encrypt_all=args.encrypt),
         interfaces=(lambda: interfaces) if interfaces else host_interfaces,
+        files=FsFileService(),
     )
     server = SMBServer(settings)
     host, port = args.listen

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from smbcore.aio_server import ServerSettings, SMBServer
 from smbcore.auth import ServerAuthenticator, UserDatabase
+from smbcore.fileservice import FsFileService
 from smbcore.ioctl import NetworkInterfaceInfo
 from smbcore.messages import ShareType
 from smbcore.server import ServerPolicy, Share
@@ -43,18 +44,22 @@ def smb_server(
     users = UserDatabase(tmp / "users.db")
     users.add_user(USER, PASSWORD)
     users.add_user(OTHER_USER, OTHER_PASSWORD)
-    shares = shares or {
-        "data": Share("data"),
-        "IPC$": Share("IPC$", ShareType.PIPE),
-        "secret": Share("secret", encrypt=True),
-        "alice_only": Share("alice_only", users=frozenset({USER})),
-    }
+    if shares is None:
+        for name in ("data", "secret", "alice_only"):
+            (tmp / name).mkdir(exist_ok=True)
+        shares = {
+            "data": Share("data", path=str(tmp / "data")),
+            "IPC$": Share("IPC$", ShareType.PIPE),
+            "secret": Share("secret", encrypt=True, path=str(tmp / "secret")),
+            "alice_only": Share("alice_only", users=frozenset({USER}), path=str(tmp / "alice_only")),
+        }
     settings = ServerSettings(
         shares=shares,
         authenticator_factory=lambda: ServerAuthenticator(users),
         initial_token=ServerAuthenticator.initial_token(),
         policy=policy or ServerPolicy(),
         interfaces=lambda: list(interfaces or []),
+        files=FsFileService(),
     )
     loop = asyncio.new_event_loop()
     server = SMBServer(settings)

@@ -136,19 +136,50 @@ class _SMBProtocol(asyncio.Protocol):
             self._frames.receive_data(data)
             while (pdu := self._frames.next_pdu()) is not None:
                 self.conn.receive_pdu(pdu)
-                out = self.conn.data_to_send()
-                if out:
-                    transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+                self._after_core()
         except SMBProtocolError as exc:
-            log.warning(
-                "closing connection after a protocol error", extra={"peer": self.peer, "error": str(exc)}
-            )
-            out = self.conn.data_to_send()
-            if out:
-                transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
-            transport.close()
+            self._fail(exc)
             return
         self._arm_timer()
+
+    def _after_core(self) -> None:
+        """Send what the core produced, release what it closed, start what it asked for."""
+        transport = self._transport
+        assert transport is not None
+        out = self.conn.data_to_send()
+        if out:
+            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        for handle in self.conn.handles_to_close():
+            self._settings.files.release(handle)
+        for op in self.conn.events():
+            task = asyncio.get_running_loop().create_task(self._run(op))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, op: FileOperation) -> None:
+        try:
+            result, create = await self._settings.files.run(op)
+        except Exception:  # a bug in the file service: answer, keep the connection
+            log.exception("file operation failed", extra={"peer": self.peer, "command": op.command.name})
+            result, create = FileResult(NTStatus.UNSUCCESSFUL), None
+        if self._transport is None or self._transport.is_closing():
+            if result.handle is not None:
+                self._settings.files.release(result.handle)
+            return
+        try:
+            self.conn.complete(op.op_id, result, create)
+            self._after_core()
+        except SMBProtocolError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: SMBProtocolError) -> None:
+        transport = self._transport
+        assert transport is not None
+        log.warning("closing connection after a protocol error", extra={"peer": self.peer, "error": str(exc)})
+        out = self.conn.data_to_send()
+        if out:
+            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        transport.close()
 
 
 class SMBServer:

@@ -1,0 +1,212 @@
+"""Carrying out the core's file operations on filesystem shares (the shell side of the server).
+
+:class:`FsFileService` receives :class:`~smbcore.server.FileOperation` events, runs each on
+the :mod:`smbcore.fs` backend in a worker thread (disk I/O never blocks the event loop) and
+returns the status and response body the core sends. Per-request failures (a missing
+file, an unknown information class, a short SET_INFO buffer) become that request's status;
+they never close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import RemoteProtocolError
+from .fileinfo import (
+    FILE_INFO_MIN_SIZE,
+    FS_INFO_MIN_SIZE,
+    FileStat,
+    decode_set_file_info,
+    encode_directory_entries,
+    encode_file_info,
+    encode_fs_info,
+)
+from .fileops import (
+    CLOSE_FLAG_POSTQUERY_ATTRIB,
+    CloseRequest,
+    CreateRequest,
+    FileTimes,
+    FlushRequest,
+    InfoType,
+    LockRequest,
+    QueryDirectoryFlags,
+    QueryDirectoryRequest,
+    QueryInfoRequest,
+    ReadRequest,
+    SetInfoRequest,
+    WriteRequest,
+    encode_close_response,
+    encode_output_buffer_response,
+    encode_read_response_head,
+    encode_write_response,
+)
+from .fs import FsError, FsHandle, FsShare
+from .messages import EMPTY4
+from .ntstatus import NTStatus
+from .server import FileOperation, FileResult, Share
+
+log = logging.getLogger(__name__)
+
+SET_INFO_DONE = (2).to_bytes(2, "little")
+APPEND_OFFSET = 0xFFFFFFFFFFFFFFFF
+
+
+def file_times(st: FileStat) -> FileTimes:
+    return FileTimes(
+        st.creation_time,
+        st.last_access_time,
+        st.last_write_time,
+        st.change_time,
+        st.allocation_size,
+        st.end_of_file,
+        int(st.attributes),
+    )
+
+
+@dataclass
+class OpenFile:
+    """What the core keeps as an open's handle: the backend handle and the enumeration state."""
+
+    handle: FsHandle
+    listing: list[tuple[str, FileStat]] | None = None
+    position: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FsFileService:
+    """File operations on :class:`~smbcore.fs.FsShare` roots, one backend per share path."""
+
+    def __init__(self) -> None:
+        self._shares: dict[str, FsShare] = {}
+        self._guard = threading.Lock()
+
+    def _backend(self, share: Share) -> FsShare:
+        if share.path is None:
+            raise FsError(NTStatus.INVALID_DEVICE_REQUEST, f"share {share.name} has no folder")
+        with self._guard:
+            backend = self._shares.get(share.path)
+            if backend is None:
+                backend = self._shares[share.path] = FsShare(Path(share.path), label=share.name)
+            return backend
+
+    async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        return await asyncio.to_thread(self.run_sync, op)
+
+    def release(self, handle: object) -> None:
+        if isinstance(handle, OpenFile):
+            try:
+                handle.handle.close()
+            except FsError as exc:
+                log.info("closing an abandoned open failed", extra={"error": str(exc)})
+
+    def close(self) -> None:
+        with self._guard:
+            for backend in self._shares.values():
+                backend.close()
+            self._shares.clear()
+
+    def run_sync(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        try:
+            request = op.request
+            if isinstance(request, CreateRequest):
+                return self._create(op.share, request)
+            assert isinstance(op.handle, OpenFile)
+            return FileResult(*self._on_open(op.handle, request)), None
+        except FsError as exc:
+            return FileResult(exc.status), None
+        except RemoteProtocolError as exc:  # a malformed info buffer concerns this request only
+            return FileResult(exc.status), None
+
+    def _create(self, share: Share, req: CreateRequest) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        backend = self._backend(share)
+        handle = backend.open(req.name, req.disposition, req.options, req.desired_access)
+        try:
+            times = file_times(handle.stat())
+        except FsError:
+            handle.close()
+            raise
+        return FileResult(NTStatus.SUCCESS, handle=OpenFile(handle)), (handle.create_action, times)
+
+    def _on_open(
+        self,
+        opened: OpenFile,
+        request: CloseRequest
+        | FlushRequest
+        | ReadRequest
+        | WriteRequest
+        | QueryDirectoryRequest
+        | QueryInfoRequest
+        | SetInfoRequest
+        | LockRequest,
+    ) -> tuple[int, bytes]:
+        handle = opened.handle
+        if isinstance(request, ReadRequest):
+            data = handle.pread(request.length, request.offset)
+            if (request.length and not data) or len(data) < request.minimum_count:
+                return NTStatus.END_OF_FILE, b""
+            return NTStatus.SUCCESS, encode_read_response_head(len(data)) + data
+        if isinstance(request, WriteRequest):
+            offset = request.offset
+            if offset == APPEND_OFFSET:
+                offset = handle.stat().end_of_file
+            written = handle.pwrite(request.data, offset)
+            return NTStatus.SUCCESS, encode_write_response(written)
+        if isinstance(request, CloseRequest):
+            times = None
+            if request.flags & CLOSE_FLAG_POSTQUERY_ATTRIB:
+                times = file_times(handle.stat())
+            handle.close()
+            return NTStatus.SUCCESS, encode_close_response(request.flags, times)
+        if isinstance(request, FlushRequest):
+            handle.flush()
+            return NTStatus.SUCCESS, EMPTY4
+        if isinstance(request, QueryDirectoryRequest):
+            return self._query_directory(opened, request)
+        if isinstance(request, QueryInfoRequest):
+            return self._query_info(handle, request)
+        if isinstance(request, SetInfoRequest):
+            if request.info_type != InfoType.FILE:
+                return NTStatus.NOT_SUPPORTED, b""
+            handle.set_info(decode_set_file_info(request.info_class, request.buffer))
+            return NTStatus.SUCCESS, SET_INFO_DONE
+        return NTStatus.NOT_SUPPORTED, b""  # LOCK: byte-range locks come next
+
+    def _query_directory(self, opened: OpenFile, req: QueryDirectoryRequest) -> tuple[int, bytes]:
+        """MS-SMB2 3.3.5.18: the listing is taken at the first query (or a restart) and handed
+        out in as many responses as it takes; then STATUS_NO_MORE_FILES."""
+        with opened.lock:
+            restart = req.flags & (QueryDirectoryFlags.RESTART_SCANS | QueryDirectoryFlags.REOPEN)
+            if opened.listing is None or restart:
+                pattern = req.pattern or "*"
+                opened.listing = opened.handle.list_directory(pattern)
+                opened.position = 0
+                if not opened.listing:
+                    return NTStatus.NO_SUCH_FILE, b""
+            remaining = opened.listing[opened.position :]
+            if not remaining:
+                return NTStatus.NO_MORE_FILES, b""
+            single = bool(req.flags & QueryDirectoryFlags.RETURN_SINGLE_ENTRY)
+            data, count = encode_directory_entries(req.info_class, remaining, req.output_length, single)
+            if count == 0:
+                return NTStatus.INFO_LENGTH_MISMATCH, b""
+            opened.position += count
+            return NTStatus.SUCCESS, encode_output_buffer_response(data)
+
+    def _query_info(self, handle: FsHandle, req: QueryInfoRequest) -> tuple[int, bytes]:
+        if req.info_type == InfoType.FILE:
+            data = encode_file_info(req.info_class, handle.stat(), handle.open_info())
+            minimum = FILE_INFO_MIN_SIZE.get(req.info_class, 0)
+        elif req.info_type == InfoType.FILESYSTEM:
+            data = encode_fs_info(req.info_class, handle.share.volume_info())
+            minimum = FS_INFO_MIN_SIZE.get(req.info_class, 0)
+        else:
+            return NTStatus.NOT_SUPPORTED, b""
+        if req.output_length < minimum:
+            return NTStatus.INFO_LENGTH_MISMATCH, b""
+        if len(data) > req.output_length:
+            return NTStatus.BUFFER_OVERFLOW, encode_output_buffer_response(data[: req.output_length])
+        return NTStatus.SUCCESS, encode_output_buffer_response(data)
