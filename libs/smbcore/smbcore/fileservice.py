@@ -32,6 +32,7 @@ from .fileops import (
     FileTimes,
     FlushRequest,
     InfoType,
+    LockFlags,
     LockRequest,
     QueryDirectoryFlags,
     QueryDirectoryRequest,
@@ -77,12 +78,90 @@ class OpenFile:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(frozen=True, slots=True)
+class _Range:
+    offset: int
+    length: int
+    exclusive: bool
+    owner: OpenFile
+
+    def overlaps(self, offset: int, length: int) -> bool:
+        if self.length == 0 or length == 0:
+            return False  # zero-length ranges never conflict (MS-FSA 2.1.5.9)
+        return offset < self.offset + self.length and self.offset < offset + length
+
+
+class ByteRangeLocks:
+    """Byte-range locks per file (MS-SMB2 3.3.5.14, MS-FSA 2.1.5.9), without waiting:
+    a conflicting lock is refused with STATUS_LOCK_NOT_GRANTED whether or not
+    FAIL_IMMEDIATELY was asked (blocking locks need STATUS_PENDING, which comes later)."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[tuple[int, int], list[_Range]] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def _key(opened: OpenFile) -> tuple[int, int]:
+        return (id(opened.handle.share), opened.handle.stat().file_index)
+
+    def apply(self, opened: OpenFile, request: LockRequest) -> tuple[int, bytes]:
+        key = self._key(opened)
+        with self._guard:
+            ranges = self._ranges.setdefault(key, [])
+            unlocking = bool(request.locks[0].flags & LockFlags.UNLOCK)
+            if unlocking:
+                for element in request.locks:
+                    if not element.flags & LockFlags.UNLOCK:
+                        return NTStatus.INVALID_PARAMETER, b""
+                    found = next(
+                        (r for r in ranges
+                         if r.owner is opened and (r.offset, r.length) == (element.offset, element.length)),
+                        None,
+                    )  # fmt: skip
+                    if found is None:
+                        return NTStatus.RANGE_NOT_LOCKED, b""
+                    ranges.remove(found)
+                return NTStatus.SUCCESS, EMPTY4
+            granted: list[_Range] = []
+            for element in request.locks:
+                shared = bool(element.flags & LockFlags.SHARED)
+                if element.flags & LockFlags.UNLOCK or shared == bool(element.flags & LockFlags.EXCLUSIVE):
+                    ranges[:] = [r for r in ranges if r not in granted]
+                    return NTStatus.INVALID_PARAMETER, b""
+                if element.offset + element.length > 1 << 64:
+                    ranges[:] = [r for r in ranges if r not in granted]
+                    return NTStatus.INVALID_LOCK_RANGE, b""
+                # Exclusive conflicts with any overlapping lock; shared only with another
+                # open's exclusive lock (MS-FSA 2.1.5.9).
+                conflict = any(
+                    r.overlaps(element.offset, element.length)
+                    and (not shared or (r.exclusive and r.owner is not opened))
+                    for r in ranges
+                )
+                if conflict:
+                    ranges[:] = [r for r in ranges if r not in granted]
+                    return NTStatus.LOCK_NOT_GRANTED, b""
+                lock = _Range(element.offset, element.length, not shared, opened)
+                ranges.append(lock)
+                granted.append(lock)
+            return NTStatus.SUCCESS, EMPTY4
+
+    def release(self, opened: OpenFile) -> None:
+        """Drop every lock of an open that is closing."""
+        with self._guard:
+            for key in list(self._ranges):
+                self._ranges[key] = [r for r in self._ranges[key] if r.owner is not opened]
+                if not self._ranges[key]:
+                    del self._ranges[key]
+
+
 class FsFileService:
     """File operations on :class:`~smbcore.fs.FsShare` roots, one backend per share path."""
 
     def __init__(self) -> None:
         self._shares: dict[str, FsShare] = {}
         self._guard = threading.Lock()
+        self._locks = ByteRangeLocks()
 
     def _backend(self, share: Share) -> FsShare:
         if share.path is None:
@@ -98,6 +177,7 @@ class FsFileService:
 
     def release(self, handle: object) -> None:
         if isinstance(handle, OpenFile):
+            self._locks.release(handle)
             try:
                 handle.handle.close()
             except FsError as exc:
@@ -159,6 +239,7 @@ class FsFileService:
             times = None
             if request.flags & CLOSE_FLAG_POSTQUERY_ATTRIB:
                 times = file_times(handle.stat())
+            self._locks.release(opened)
             handle.close()
             return NTStatus.SUCCESS, encode_close_response(request.flags, times)
         if isinstance(request, FlushRequest):
@@ -173,7 +254,7 @@ class FsFileService:
                 return NTStatus.NOT_SUPPORTED, b""
             handle.set_info(decode_set_file_info(request.info_class, request.buffer))
             return NTStatus.SUCCESS, SET_INFO_DONE
-        return NTStatus.NOT_SUPPORTED, b""  # LOCK: byte-range locks come next
+        return self._locks.apply(opened, request)
 
     def _query_directory(self, opened: OpenFile, req: QueryDirectoryRequest) -> tuple[int, bytes]:
         """MS-SMB2 3.3.5.18: the listing is taken at the first query (or a restart) and handed
