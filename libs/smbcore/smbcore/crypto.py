@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import cmac, constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 
+from .header import HEADER_SIZE, SIGNATURE_OFFSET, TRANSFORM_PROTOCOL_ID, Command, Flags
 from .negotiate import Dialect
 
 __all__ = [
@@ -112,12 +113,11 @@ class CipherId(enum.IntEnum):
 
 # --- SMB2 header fields the signers read or write (MS-SMB2 2.2.1) -------------------------------
 
-SMB2_HEADER_SIZE: Final = 64
-SIGNATURE_OFFSET: Final = 48
+SMB2_HEADER_SIZE: Final = HEADER_SIZE
 SIGNATURE_SIZE: Final = 16
-SMB2_FLAGS_SERVER_TO_REDIR: Final = 0x00000001
-SMB2_FLAGS_SIGNED: Final = 0x00000008
-SMB2_CANCEL: Final = 0x000C
+SMB2_FLAGS_SERVER_TO_REDIR: Final = int(Flags.SERVER_TO_REDIR)
+SMB2_FLAGS_SIGNED: Final = int(Flags.SIGNED)
+SMB2_CANCEL: Final = int(Command.CANCEL)
 
 _COMMAND = struct.Struct("<H")  # at offset 12
 _FLAGS = struct.Struct("<I")  # at offset 16
@@ -129,7 +129,6 @@ _ZERO_SIGNATURE: Final = bytes(SIGNATURE_SIZE)
 
 # --- SMB2 TRANSFORM_HEADER (MS-SMB2 2.2.41) -----------------------------------------------------
 
-TRANSFORM_PROTOCOL_ID: Final = b"\xfdSMB"
 TRANSFORM_HEADER_SIZE: Final = 52
 TRANSFORM_FLAG_ENCRYPTED: Final = 0x0001
 """Flags (3.1.1) / EncryptionAlgorithm (3.0.x, where 0x0001 is AES-128-CCM): the same value."""

@@ -48,7 +48,7 @@ from .fileops import (
 from .fs import FsError, FsHandle, FsShare
 from .messages import EMPTY4
 from .ntstatus import NTStatus
-from .server import FileOperation, FileResult, Share
+from .server import FileOperation, FileRequest, FileResult, Share
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,7 @@ class FsFileService:
     def _on_open(
         self,
         opened: OpenFile,
-        request: CloseRequest
-        | FlushRequest
-        | ReadRequest
-        | WriteRequest
-        | QueryDirectoryRequest
-        | QueryInfoRequest
-        | SetInfoRequest
-        | LockRequest,
+        request: FileRequest,
     ) -> tuple[int, bytes]:
         handle = opened.handle
         if isinstance(request, ReadRequest):
@@ -254,7 +247,9 @@ class FsFileService:
                 return NTStatus.NOT_SUPPORTED, b""
             handle.set_info(decode_set_file_info(request.info_class, request.buffer))
             return NTStatus.SUCCESS, SET_INFO_DONE
-        return self._locks.apply(opened, request)
+        if isinstance(request, LockRequest):
+            return self._locks.apply(opened, request)
+        return NTStatus.INVALID_PARAMETER, b""  # CREATE never targets an open
 
     def _query_directory(self, opened: OpenFile, req: QueryDirectoryRequest) -> tuple[int, bytes]:
         """MS-SMB2 3.3.5.18: the listing is taken at the first query (or a restart) and handed
