@@ -101,12 +101,27 @@ async def serve(args: argparse.Namespace) -> int:
             name: Share(s.name, s.share_type, True, s.users, s.hidden, s.path) for name, s in shares.items()
         }
     interfaces = list(args.interface)
+    refresher: asyncio.Task[None] | None = None
+    if not interfaces:
+        # Read the kernel off the event loop (pyroute2's synchronous API runs its own loop),
+        # now and every minute; the server answers from the latest reading.
+        interfaces[:] = await asyncio.to_thread(host_interfaces)
+
+        async def refresh() -> None:
+            while True:
+                await asyncio.sleep(60)
+                try:
+                    interfaces[:] = await asyncio.to_thread(host_interfaces)
+                except OSError as exc:
+                    log.warning("cannot read the host's interfaces", extra={"error": str(exc)})
+
+        refresher = asyncio.create_task(refresh())
     settings = ServerSettings(
         shares=shares,
         authenticator_factory=lambda: ServerAuthenticator(users),
         initial_token=ServerAuthenticator.initial_token(),
         policy=ServerPolicy(encrypt_all=args.encrypt),
-        interfaces=(lambda: interfaces) if interfaces else host_interfaces,
+        interfaces=lambda: list(interfaces),
         files=FsFileService(),
     )
     server = SMBServer(settings)
@@ -125,6 +140,8 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if refresher is not None:
+        refresher.cancel()
     await server.close()
     return 0
 

@@ -81,7 +81,7 @@ def test_stat_to_filestat_file() -> None:
     assert s.last_write_time == EPOCH + 30_000_004
     assert s.change_time == EPOCH + 20_000_007
     assert (s.end_of_file, s.allocation_size) == (5000, 8192)  # 9 * 512 rounded up to 4096
-    assert s.attributes == FileAttributes.NORMAL
+    assert s.attributes == FileAttributes.ARCHIVE
     assert (s.file_index, s.number_of_links, s.is_directory, s.delete_pending, s.ea_size) == (
         99,
         3,
@@ -94,10 +94,10 @@ def test_stat_to_filestat_file() -> None:
 @pytest.mark.parametrize(
     ("mode", "name", "attrs"),
     [
-        (0o100644, "a.txt", FileAttributes.NORMAL),
-        (0o100444, "a.txt", FileAttributes.READONLY),
-        (0o100644, ".profile", FileAttributes.HIDDEN),
-        (0o100400, ".key", FileAttributes.HIDDEN | FileAttributes.READONLY),
+        (0o100644, "a.txt", FileAttributes.ARCHIVE),
+        (0o100444, "a.txt", FileAttributes.ARCHIVE | FileAttributes.READONLY),
+        (0o100644, ".profile", FileAttributes.ARCHIVE | FileAttributes.HIDDEN),
+        (0o100400, ".key", FileAttributes.ARCHIVE | FileAttributes.HIDDEN | FileAttributes.READONLY),
         (0o040755, "dir", FileAttributes.DIRECTORY),
         (0o040555, "dir", FileAttributes.DIRECTORY),  # READONLY is not inferred for directories
         (0o040755, ".git", FileAttributes.DIRECTORY | FileAttributes.HIDDEN),
@@ -286,8 +286,10 @@ def test_fs_device_attribute_sector_objectid() -> None:
     p = parse(sp.FileFsObjectIdInformation(), fi.encode_fs_info(FsInfoClass.OBJECT_ID, VOLUME))
     assert p["object_id"].pack() == bytes(range(16))  # type: ignore[index]
     assert p["extended_info"].get_value() == bytes(48)  # type: ignore[index]
+    # The minimums are what Windows and Samba demand of the client's buffer (smbtorture's
+    # getinfo buffer checks); a labelled volume's answers reach them.
     for info_class, size in fi.FS_INFO_MIN_SIZE.items():
-        assert len(fi.encode_fs_info(info_class, VolumeInfo(4096, 1, 1, 1))) >= size
+        assert len(fi.encode_fs_info(info_class, VolumeInfo(4096, 1, 1, 1, label="data"))) >= size
 
 
 @pytest.mark.parametrize(

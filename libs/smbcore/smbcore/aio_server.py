@@ -140,6 +140,10 @@ class _SMBProtocol(asyncio.Protocol):
         except SMBProtocolError as exc:
             self._fail(exc)
             return
+        except Exception:  # a bug: close this connection only, and say where
+            log.exception("closing connection after an internal error", extra={"peer": self.peer})
+            transport.close()
+            return
         self._arm_timer()
 
     def _after_core(self) -> None:

@@ -119,8 +119,10 @@ def stat_to_filestat(st: os.stat_result, name: str) -> FileStat:
     * POSIX keeps no creation time: it is reported as the older of mtime and ctime (what
       Samba does without a stored birth time), so it never follows the last write.
     * Attributes: DIRECTORY for directories; HIDDEN for dot-files (not ``.``/``..``);
-      READONLY for a non-directory nobody may write (no ``w`` bit); NORMAL when none of those
-      apply (MS-FSCC 2.6: NORMAL is valid only alone). ARCHIVE is never inferred.
+      READONLY for a non-directory nobody may write (no ``w`` bit); ARCHIVE for every file
+      (Windows sets it when a file is created or written and only backup software clears it;
+      with nowhere to keep the bit, a POSIX file always reports it, as Windows and Samba
+      report freshly written files). NORMAL is then never needed (valid only alone).
     * Directories report EndOfFile and AllocationSize 0 and one link, as Windows and Samba
       do; files their size, and the blocks they occupy rounded up to 4096 (or, where the
       filesystem reports no blocks, the size rounded up).
@@ -129,8 +131,10 @@ def stat_to_filestat(st: os.stat_result, name: str) -> FileStat:
     attrs = FileAttributes(0)
     if is_dir:
         attrs |= FileAttributes.DIRECTORY
-    elif not st.st_mode & 0o222:
-        attrs |= FileAttributes.READONLY
+    else:
+        attrs |= FileAttributes.ARCHIVE
+        if not st.st_mode & 0o222:
+            attrs |= FileAttributes.READONLY
     if name.startswith(".") and name not in (".", ".."):
         attrs |= FileAttributes.HIDDEN
     if not attrs:
@@ -441,10 +445,10 @@ FILE_INFO_MIN_SIZE: dict[int, int] = {
     FileInfoClass.POSITION: 8,
     FileInfoClass.MODE: 4,
     FileInfoClass.ALIGNMENT: 4,
-    FileInfoClass.ALL: 100,
+    FileInfoClass.ALL: 104,
     FileInfoClass.NETWORK_OPEN: 56,
     FileInfoClass.ATTRIBUTE_TAG: 8,
-    FileInfoClass.STREAM: 24,
+    FileInfoClass.STREAM: 32,
     FileInfoClass.NAME: 4,
     FileInfoClass.NORMALIZED_NAME: 4,
 }
@@ -884,10 +888,10 @@ def encode_fs_object_id(v: VolumeInfo) -> bytes:
 
 
 FS_INFO_MIN_SIZE: dict[int, int] = {
-    FsInfoClass.VOLUME: 18,
+    FsInfoClass.VOLUME: 24,
     FsInfoClass.SIZE: 24,
     FsInfoClass.DEVICE: 8,
-    FsInfoClass.ATTRIBUTE: 12,
+    FsInfoClass.ATTRIBUTE: 16,
     FsInfoClass.FULL_SIZE: 32,
     FsInfoClass.OBJECT_ID: 64,
     FsInfoClass.SECTOR_SIZE: 28,

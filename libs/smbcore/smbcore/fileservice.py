@@ -53,7 +53,8 @@ from .server import FileOperation, FileRequest, FileResult, Share
 log = logging.getLogger(__name__)
 
 SET_INFO_DONE = (2).to_bytes(2, "little")
-APPEND_OFFSET = 0xFFFFFFFFFFFFFFFF
+#: Largest offset+length a WRITE may reach (INT64_MAX, as Windows and Samba check).
+MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
 
 
 def file_times(st: FileStat) -> FileTimes:
@@ -221,12 +222,14 @@ class FsFileService:
             data = handle.pread(request.length, request.offset)
             if (request.length and not data) or len(data) < request.minimum_count:
                 return NTStatus.END_OF_FILE, b""
+            handle.position = request.offset + len(data)  # FilePositionInformation follows I/O
             return NTStatus.SUCCESS, encode_read_response_head(len(data)) + data
         if isinstance(request, WriteRequest):
             offset = request.offset
-            if offset == APPEND_OFFSET:
-                offset = handle.stat().end_of_file
+            if offset + len(request.data) > MAX_FILE_OFFSET:
+                return NTStatus.INVALID_PARAMETER, b""
             written = handle.pwrite(request.data, offset)
+            handle.position = offset + written
             return NTStatus.SUCCESS, encode_write_response(written)
         if isinstance(request, CloseRequest):
             times = None

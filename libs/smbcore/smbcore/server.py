@@ -99,7 +99,11 @@ CIPHER_PREFERENCE = (
     crypto.CipherId.AES_128_CCM,
     crypto.CipherId.AES_256_CCM,
 )
-SIGNING_PREFERENCE = (crypto.SigningAlgorithm.AES_GMAC, crypto.SigningAlgorithm.AES_CMAC)
+SIGNING_PREFERENCE = (
+    crypto.SigningAlgorithm.AES_GMAC,
+    crypto.SigningAlgorithm.AES_CMAC,
+    crypto.SigningAlgorithm.HMAC_SHA256,
+)
 FILE_ALL_ACCESS = 0x001F01FF
 
 
