@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup run test lint typecheck unit fmt clean
+.PHONY: help setup run test lint typecheck unit fmt clean bench-smb
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ unit: setup ## the unit tests only (no root, no peers)
 
 fmt: setup ## format the code
 	@$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench-smb: setup ## SMB data path: Ferry's server vs Samba's smbd (same client, 1 GiB get/put, signed then encrypted)
+	@$(VENV)/bin/python scripts/bench_smb.py
 
 clean: ## remove the venv, tools and local state
 	rm -rf .venv .tools .ferry .pytest_cache .mypy_cache .ruff_cache
