@@ -216,14 +216,19 @@ class FsFileService:
         self,
         opened: OpenFile,
         request: FileRequest,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes | bytearray]:
         handle = opened.handle
         if isinstance(request, ReadRequest):
-            data = handle.pread(request.length, request.offset)
-            if (request.length and not data) or len(data) < request.minimum_count:
+            # Read straight into the response body: one buffer, no intermediate copy.
+            head = len(encode_read_response_head(0))
+            body = bytearray(head + request.length)
+            got = handle.readinto(memoryview(body)[head:], request.offset)
+            if (request.length and not got) or got < request.minimum_count:
                 return NTStatus.END_OF_FILE, b""
-            handle.position = request.offset + len(data)  # FilePositionInformation follows I/O
-            return NTStatus.SUCCESS, encode_read_response_head(len(data)) + data
+            del body[head + got :]
+            body[:head] = encode_read_response_head(got)
+            handle.position = request.offset + got  # FilePositionInformation follows I/O
+            return NTStatus.SUCCESS, body
         if isinstance(request, WriteRequest):
             offset = request.offset
             if offset + len(request.data) > MAX_FILE_OFFSET:

@@ -198,7 +198,7 @@ class _Reply:
 
     request: Header
     status: int
-    body: bytes
+    body: bytes | bytearray
     session: Session | None
     credits: int = 0
     tree_id: int = 0
@@ -255,7 +255,7 @@ class FileResult:
     (an ERROR body is used for failures), and for CREATE the new handle."""
 
     status: int
-    body: bytes = b""
+    body: bytes | bytearray = b""
     handle: object | None = None
 
 
@@ -329,7 +329,7 @@ class ServerConnection:
         self.preauth = crypto.PreauthHash()
         self.sessions: dict[int, Session] = {}
         self.opens: dict[bytes, Open] = {}
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._events: list[FileOperation] = []
         self._pending: dict[int, tuple[_Chain, FileOperation]] = {}
         self._op_ids = iter(range(1, 1 << 62))
@@ -344,7 +344,7 @@ class ServerConnection:
 
     # -- I/O boundary ------------------------------------------------------------------------
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[bytes | bytearray]:
         """Whole PDUs to send, in order (the transport frames each)."""
         out, self._out = self._out, []
         return out
@@ -445,18 +445,12 @@ class ServerConnection:
             if r.sign and r.session is not None and r.session.signer is not None:
                 msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = bytes(16)
                 msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = r.session.signer.sign(msg)
-        pdu = b"".join(parts)
+        pdu: bytes | bytearray = parts[0] if len(parts) == 1 else b"".join(parts)
         encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
         if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
             nonce = crypto.random_nonce(self.cipher, self._randbytes)
-            pdu = bytes(
-                crypto.encrypt(
-                    pdu,
-                    encrypt_for.keys.encryption_key(server=True),
-                    self.cipher,
-                    encrypt_for.session_id,
-                    nonce,
-                )
+            pdu = crypto.encrypt(
+                pdu, encrypt_for.keys.encryption_key(server=True), self.cipher, encrypt_for.session_id, nonce
             )
         self._out.append(pdu)
 
@@ -541,7 +535,7 @@ class ServerConnection:
     def _ok(
         self,
         header: Header,
-        body: bytes,
+        body: bytes | bytearray,
         credits: int,
         session: Session | None,
         *,
@@ -564,7 +558,7 @@ class ServerConnection:
         self,
         header: Header,
         status: int,
-        body: bytes,
+        body: bytes | bytearray,
         credits: int,
         session: Session | None,
         tree_id: int | None,
