@@ -268,3 +268,38 @@ def test_compound_of_two_echos(users: UserDatabase) -> None:
     assert one.message_id == 1 and one.next_command % 8 == 0 and one.next_command > 0
     two = decode_header(pdu, one.next_command)
     assert two.message_id == 2 and two.next_command == 0
+
+
+def test_reauthentication_keeps_the_session_and_its_keys(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    client.login("alice", "Pa55-word!")
+    signer = client.signer
+    assert signer is not None
+    auth = ClientAuthenticator("alice", "Pa55-word!")
+    token = auth.step(None)
+    unsigned, _ = client.send(Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, token).encode())
+    assert unsigned.status == NTStatus.ACCESS_DENIED  # a re-authentication must be signed
+    while True:
+        header, pdu = client.send(
+            Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, token).encode(), sign=True
+        )
+        assert header.flags & Flags.SIGNED and signer.verify(pdu)
+        if header.status != NTStatus.MORE_PROCESSING_REQUIRED:
+            break
+        token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
+    assert header.status == NTStatus.SUCCESS
+    header, pdu = client.send(Command.ECHO, EMPTY4, sign=True)  # same keys as before
+    assert header.status == NTStatus.SUCCESS and signer.verify(pdu)
+    # A failed re-authentication ends the session, with a signed answer.
+    auth = ClientAuthenticator("alice", "wrong")
+    token = auth.step(None)
+    while True:
+        header, pdu = client.send(
+            Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, token).encode(), sign=True
+        )
+        if header.status != NTStatus.MORE_PROCESSING_REQUIRED:
+            break
+        token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
+    assert header.status == NTStatus.LOGON_FAILURE and signer.verify(pdu)
+    assert client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.USER_SESSION_DELETED

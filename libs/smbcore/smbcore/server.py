@@ -190,6 +190,7 @@ class Session:
     encrypt_data: bool = False
     trees: dict[int, Tree] = field(default_factory=dict)
     next_tree_id: int = 1
+    reauthenticating: bool = False
 
 
 @dataclass
@@ -680,9 +681,15 @@ class ServerConnection:
                 return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
             session = found
             if session.state is SessionState.VALID:
-                # Re-authentication of an established session: start a new exchange.
-                session.authenticator = self._auth_factory()
-        if session.preauth is not None:
+                # Re-authentication (MS-SMB2 3.3.5.5.2): signed like any request of the session;
+                # one exchange across its rounds; the session's keys stay as they are.
+                check = self._check_security(header, message, session, encrypted_for)
+                if check is not None:
+                    return self._error(header, check, credits, session)
+                if not session.reauthenticating:
+                    session.authenticator = self._auth_factory()
+                    session.reauthenticating = True
+        if session.preauth is not None and session.state is SessionState.IN_PROGRESS:
             session.preauth.update(message)
         try:
             result = session.authenticator.step(req.security_buffer)
@@ -690,9 +697,12 @@ class ServerConnection:
             log.info(
                 "authentication failed", extra={"status": NTStatus.name_of(exc.status), "reason": str(exc)}
             )
-            self.sessions.pop(session.session_id, None)
-            reply = self._error(header, exc.status, credits, None)
+            # The failure of a re-authentication is signed with the session's key before the
+            # session goes (with its opens), as Windows does.
+            reply = self._error(header, exc.status, credits, session if session.reauthenticating else None)
             reply.session_id = session.session_id
+            self._drop_opens(lambda o: o.session is session)
+            self.sessions.pop(session.session_id, None)
             return reply
         if not result.complete:
             reply = self._reply(
@@ -704,9 +714,17 @@ class ServerConnection:
                 0,
             )
             reply.session_id = session.session_id
-            reply.raw_for_preauth = True
+            reply.raw_for_preauth = session.state is SessionState.IN_PROGRESS
             return reply
         assert result.session_key is not None
+        if session.reauthenticating:
+            session.reauthenticating = False
+            session.user, session.domain = result.user, result.domain
+            log.info(
+                "session re-authenticated", extra={"user": session.user, "session": hex(session.session_id)}
+            )
+            body = SessionSetupResponse(0, result.out_token).encode()
+            return self._reply(header, NTStatus.SUCCESS, body, credits, session, 0)
         session.user, session.domain = result.user, result.domain
         session.keys = crypto.derive_session_keys(
             result.session_key,
