@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import ipaddress
 import logging
@@ -97,9 +98,7 @@ async def serve(args: argparse.Namespace) -> int:
     shares = {s.name: s for s in args.share}
     shares["IPC$"] = Share("IPC$", ShareType.PIPE, hidden=True)
     if args.encrypt:
-        shares = {
-            name: Share(s.name, s.share_type, True, s.users, s.hidden, s.path) for name, s in shares.items()
-        }
+        shares = {name: dataclasses.replace(s, encrypt=True) for name, s in shares.items()}
     interfaces = list(args.interface)
     refresher: asyncio.Task[None] | None = None
     if not interfaces:

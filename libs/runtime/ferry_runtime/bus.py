@@ -102,7 +102,6 @@ class Bus:
         self._connected = asyncio.Event()
         self._connect_task: asyncio.Task[None] | None = None
         self._responders: list[tuple[str, str | None, str, Handler]] = []
-        self._subscriptions: list[object] = []
         self._closing = False
         self._stopping = asyncio.Event()
         self._last_error: str | None = None
@@ -313,8 +312,7 @@ class Bus:
                         await self._client().publish(msg.reply, reply, headers=reply_headers)
 
         assert self._nc is not None
-        sub = await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
-        self._subscriptions.append(sub)
+        await self._nc.subscribe(subject, queue=queue or "", cb=on_message)
 
     # -- JetStream key-value ----------------------------------------------------------------
 

@@ -150,9 +150,7 @@ class _SMBProtocol(asyncio.Protocol):
         """Send what the core produced, release what it closed, start what it asked for."""
         transport = self._transport
         assert transport is not None
-        out = self.conn.data_to_send()
-        if out:
-            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        self._send_output()
         for handle in self.conn.handles_to_close():
             self._settings.files.release(handle)
         for op in self.conn.events():
@@ -180,10 +178,15 @@ class _SMBProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         log.warning("closing connection after a protocol error", extra={"peer": self.peer, "error": str(exc)})
+        self._send_output()  # e.g. the error answer to the request that broke the rules
+        transport.close()
+
+    def _send_output(self) -> None:
+        """Frame and write the PDUs the core produced."""
         out = self.conn.data_to_send()
         if out:
-            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
-        transport.close()
+            assert self._transport is not None
+            self._transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
 
 
 class SMBServer:

@@ -13,17 +13,25 @@ from enum import IntEnum, IntFlag
 from .errors import RemoteProtocolError
 from .header import HEADER_SIZE
 from .ntstatus import NTStatus
-from .wire import Buffer, Structure, align8, raw, read_bytes, read_utf16, structure, u8, u16, u32, u64
+from .wire import (
+    Buffer,
+    Structure,
+    align8,
+    check_structure_size,
+    raw,
+    read_bytes,
+    read_utf16,
+    structure,
+    u8,
+    u16,
+    u32,
+    u64,
+)
 
 FILE_ID_SIZE = 16
 #: Most create contexts one CREATE may carry before we call it abuse.
 MAX_CREATE_CONTEXTS = 32
 MAX_NAME_BYTES = 2 * 32767
-
-
-def _check(what: str, got: int, expected: int) -> None:
-    if got != expected:
-        raise RemoteProtocolError(f"{what} StructureSize {got}, expected {expected}")
 
 
 class CreateDisposition(IntEnum):
@@ -165,7 +173,7 @@ class CreateRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> CreateRequest:
         f = _CreateRequestFixed.decode(msg, HEADER_SIZE)
-        _check("CREATE request", f.structure_size, 57)
+        check_structure_size("CREATE request", f.structure_size, 57)
         if f.name_length > MAX_NAME_BYTES:
             raise RemoteProtocolError(f"CREATE name of {f.name_length} bytes", NTStatus.OBJECT_NAME_INVALID)
         name = read_utf16(msg, f.name_offset, f.name_length, "CREATE name") if f.name_length else ""
@@ -228,7 +236,7 @@ class CreateResponse:
     @classmethod
     def decode(cls, msg: Buffer) -> CreateResponse:
         head = _CreateResponseHead.decode(msg, HEADER_SIZE)
-        _check("CREATE response", head.structure_size, 89)
+        check_structure_size("CREATE response", head.structure_size, 89)
         pos = HEADER_SIZE + _CreateResponseHead.SIZE
         times = FileTimes.decode(msg, pos)
         pos += FileTimes.SIZE + 4
@@ -255,7 +263,7 @@ class CloseRequest(Structure):
     @classmethod
     def parse(cls, msg: Buffer) -> CloseRequest:
         body = cls.decode(msg, HEADER_SIZE)
-        _check("CLOSE request", body.structure_size, 24)
+        check_structure_size("CLOSE request", body.structure_size, 24)
         return body
 
 
@@ -276,7 +284,7 @@ class FlushRequest(Structure):
     @classmethod
     def parse(cls, msg: Buffer) -> FlushRequest:
         body = cls.decode(msg, HEADER_SIZE)
-        _check("FLUSH request", body.structure_size, 24)
+        check_structure_size("FLUSH request", body.structure_size, 24)
         return body
 
 
@@ -310,7 +318,7 @@ class ReadRequest(Structure):
     @classmethod
     def parse(cls, msg: Buffer) -> ReadRequest:
         body = cls.decode(msg, HEADER_SIZE)
-        _check("READ request", body.structure_size, 49)
+        check_structure_size("READ request", body.structure_size, 49)
         return body
 
     def channel_info(self, msg: Buffer) -> memoryview:
@@ -318,7 +326,9 @@ class ReadRequest(Structure):
         return read_bytes(msg, self.channel_info_offset, self.channel_info_length, "ReadChannelInfo")
 
 
-READ_DATA_OFFSET = HEADER_SIZE + 16
+#: The READ response's fixed part (MS-SMB2 2.2.20): the data follows it.
+READ_RESPONSE_HEAD_SIZE = 16
+READ_DATA_OFFSET = HEADER_SIZE + READ_RESPONSE_HEAD_SIZE
 
 
 def encode_read_response_head(data_length: int, data_remaining: int = 0) -> bytes:
@@ -335,7 +345,7 @@ def encode_read_response_head(data_length: int, data_remaining: int = 0) -> byte
 def decode_read_response(msg: Buffer) -> memoryview:
     """The data of a READ response (for clients and tests), a slice of ``msg``."""
     size = int.from_bytes(read_bytes(msg, HEADER_SIZE, 2, "READ response"), "little")
-    _check("READ response", size, 17)
+    check_structure_size("READ response", size, 17)
     offset = read_bytes(msg, HEADER_SIZE + 2, 1, "DataOffset")[0]
     length = int.from_bytes(read_bytes(msg, HEADER_SIZE + 4, 4, "DataLength"), "little")
     return read_bytes(msg, offset, length, "READ data")
@@ -371,7 +381,7 @@ class WriteRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> WriteRequest:
         f = _WriteRequestFixed.decode(msg, HEADER_SIZE)
-        _check("WRITE request", f.structure_size, 49)
+        check_structure_size("WRITE request", f.structure_size, 49)
         info = bytes(read_bytes(msg, f.channel_info_offset, f.channel_info_length, "WriteChannelInfo"))
         if f.channel == Channel.NONE:
             data = read_bytes(msg, f.data_offset, f.length, "WRITE data")
@@ -442,7 +452,7 @@ class QueryDirectoryRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> QueryDirectoryRequest:
         f = _QueryDirectoryFixed.decode(msg, HEADER_SIZE)
-        _check("QUERY_DIRECTORY request", f.structure_size, 33)
+        check_structure_size("QUERY_DIRECTORY request", f.structure_size, 33)
         pattern = read_utf16(msg, f.name_offset, f.name_length, "search pattern") if f.name_length else ""
         return cls(f.info_class, f.flags, f.file_id, pattern, f.output_length)
 
@@ -460,7 +470,7 @@ def encode_output_buffer_response(data: bytes) -> bytes:
 
 def decode_output_buffer_response(msg: Buffer) -> bytes:
     size = int.from_bytes(read_bytes(msg, HEADER_SIZE, 2, "response"), "little")
-    _check("QUERY response", size, 9)
+    check_structure_size("QUERY response", size, 9)
     offset = int.from_bytes(read_bytes(msg, HEADER_SIZE + 2, 2, "OutputBufferOffset"), "little")
     length = int.from_bytes(read_bytes(msg, HEADER_SIZE + 4, 4, "OutputBufferLength"), "little")
     return bytes(read_bytes(msg, offset, length, "output buffer")) if length else b""
@@ -509,7 +519,7 @@ class QueryInfoRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> QueryInfoRequest:
         f = _QueryInfoFixed.decode(msg, HEADER_SIZE)
-        _check("QUERY_INFO request", f.structure_size, 41)
+        check_structure_size("QUERY_INFO request", f.structure_size, 41)
         data = (
             bytes(read_bytes(msg, f.input_offset, f.input_length, "QUERY_INFO input"))
             if f.input_length
@@ -558,7 +568,7 @@ class SetInfoRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> SetInfoRequest:
         f = _SetInfoFixed.decode(msg, HEADER_SIZE)
-        _check("SET_INFO request", f.structure_size, 33)
+        check_structure_size("SET_INFO request", f.structure_size, 33)
         data = bytes(read_bytes(msg, f.buffer_offset, f.buffer_length, "SET_INFO buffer"))
         return cls(f.info_type, f.info_class, f.file_id, data, f.additional_information)
 
@@ -606,7 +616,7 @@ class LockRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> LockRequest:
         head = read_bytes(msg, HEADER_SIZE, 24, "LOCK request")
-        _check("LOCK request", int.from_bytes(head[0:2], "little"), 48)
+        check_structure_size("LOCK request", int.from_bytes(head[0:2], "little"), 48)
         count = int.from_bytes(head[2:4], "little")
         if count == 0 or count > MAX_LOCK_ELEMENTS:
             raise RemoteProtocolError(f"LOCK with {count} elements")

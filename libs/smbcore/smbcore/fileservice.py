@@ -27,6 +27,8 @@ from .fileinfo import (
 )
 from .fileops import (
     CLOSE_FLAG_POSTQUERY_ATTRIB,
+    READ_RESPONSE_HEAD_SIZE,
+    SET_INFO_RESPONSE,
     CloseRequest,
     CreateRequest,
     FileTimes,
@@ -52,7 +54,6 @@ from .server import FileOperation, FileRequest, FileResult, Share
 
 log = logging.getLogger(__name__)
 
-SET_INFO_DONE = (2).to_bytes(2, "little")
 #: Largest offset+length a WRITE may reach (INT64_MAX, as Windows and Samba check).
 MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
 
@@ -220,7 +221,7 @@ class FsFileService:
         handle = opened.handle
         if isinstance(request, ReadRequest):
             # Read straight into the response body: one buffer, no intermediate copy.
-            head = len(encode_read_response_head(0))
+            head = READ_RESPONSE_HEAD_SIZE
             body = bytearray(head + request.length)
             got = handle.readinto(memoryview(body)[head:], request.offset)
             if (request.length and not got) or got < request.minimum_count:
@@ -254,7 +255,7 @@ class FsFileService:
             if request.info_type != InfoType.FILE:
                 return NTStatus.NOT_SUPPORTED, b""
             handle.set_info(decode_set_file_info(request.info_class, request.buffer))
-            return NTStatus.SUCCESS, SET_INFO_DONE
+            return NTStatus.SUCCESS, SET_INFO_RESPONSE
         if isinstance(request, LockRequest):
             return self._locks.apply(opened, request)
         return NTStatus.INVALID_PARAMETER, b""  # CREATE never targets an open

@@ -10,7 +10,7 @@ from enum import IntEnum, IntFlag
 
 from .errors import RemoteProtocolError
 from .header import HEADER_SIZE
-from .wire import Buffer, Structure, raw, read_bytes, structure, u16, u32
+from .wire import Buffer, Structure, check_structure_size, raw, read_bytes, structure, u16, u32
 
 #: FileId of an IOCTL that targets no open (both halves all ones).
 NO_FILE_ID = b"\xff" * 16
@@ -62,8 +62,7 @@ class IoctlRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> IoctlRequest:
         f = _IoctlRequestFixed.decode(msg, HEADER_SIZE)
-        if f.structure_size != 57:
-            raise RemoteProtocolError(f"IOCTL request StructureSize {f.structure_size}, expected 57")
+        check_structure_size("IOCTL request", f.structure_size, 57)
         data = bytes(read_bytes(msg, f.input_offset, f.input_count, "IOCTL input")) if f.input_count else b""
         return cls(f.ctl_code, f.file_id, data, f.max_output_response, f.flags)
 
@@ -93,8 +92,7 @@ def encode_ioctl_response(ctl_code: int, file_id: bytes, output: bytes) -> bytes
 def decode_ioctl_response(msg: Buffer) -> tuple[int, bytes]:
     """(CtlCode, output) of an IOCTL response; for the client and tests."""
     f = _IoctlResponseFixed.decode(msg, HEADER_SIZE)
-    if f.structure_size != 49:
-        raise RemoteProtocolError(f"IOCTL response StructureSize {f.structure_size}, expected 49")
+    check_structure_size("IOCTL response", f.structure_size, 49)
     return f.ctl_code, bytes(read_bytes(msg, f.output_offset, f.output_count, "IOCTL output"))
 
 

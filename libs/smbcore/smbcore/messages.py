@@ -11,13 +11,18 @@ from enum import IntEnum, IntFlag
 
 from .errors import RemoteProtocolError
 from .header import HEADER_SIZE
-from .wire import Buffer, Structure, read_bytes, read_utf16, structure, u8, u16, u32, u64
-
-
-def _check_size(what: str, got: int, expected: int) -> None:
-    if got != expected:
-        raise RemoteProtocolError(f"{what} StructureSize {got}, expected {expected}")
-
+from .wire import (
+    Buffer,
+    Structure,
+    check_structure_size,
+    read_bytes,
+    read_utf16,
+    structure,
+    u8,
+    u16,
+    u32,
+    u64,
+)
 
 # -- ERROR response (2.2.2) ---------------------------------------------------------------
 
@@ -52,7 +57,7 @@ class Empty4(Structure):
     @classmethod
     def parse(cls, msg: Buffer, what: str) -> Empty4:
         body = cls.decode(msg, HEADER_SIZE)
-        _check_size(what, body.structure_size, 4)
+        check_structure_size(what, body.structure_size, 4)
         return body
 
 
@@ -116,7 +121,7 @@ class SessionSetupRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> SessionSetupRequest:
         f = _SessionSetupRequestFixed.decode(msg, HEADER_SIZE)
-        _check_size("SESSION_SETUP request", f.structure_size, 25)
+        check_structure_size("SESSION_SETUP request", f.structure_size, 25)
         token = bytes(read_bytes(msg, f.security_buffer_offset, f.security_buffer_length, "SecurityBuffer"))
         return cls(f.flags, f.security_mode, f.capabilities, f.previous_session_id, token)
 
@@ -145,7 +150,7 @@ class SessionSetupResponse:
     @classmethod
     def decode(cls, msg: Buffer) -> SessionSetupResponse:
         f = _SessionSetupResponseFixed.decode(msg, HEADER_SIZE)
-        _check_size("SESSION_SETUP response", f.structure_size, 9)
+        check_structure_size("SESSION_SETUP response", f.structure_size, 9)
         token = bytes(read_bytes(msg, f.security_buffer_offset, f.security_buffer_length, "SecurityBuffer"))
         return cls(f.session_flags, token)
 
@@ -211,7 +216,7 @@ class TreeConnectRequest:
     @classmethod
     def decode(cls, msg: Buffer) -> TreeConnectRequest:
         f = _TreeConnectRequestFixed.decode(msg, HEADER_SIZE)
-        _check_size("TREE_CONNECT request", f.structure_size, 9)
+        check_structure_size("TREE_CONNECT request", f.structure_size, 9)
         if f.path_length > MAX_TREE_PATH_BYTES:
             raise RemoteProtocolError(f"TREE_CONNECT path of {f.path_length} bytes")
         return cls(f.flags, read_utf16(msg, f.path_offset, f.path_length, "TREE_CONNECT path"))
@@ -232,5 +237,5 @@ class TreeConnectResponse(Structure):
     @classmethod
     def parse(cls, msg: Buffer) -> TreeConnectResponse:
         body = cls.decode(msg, HEADER_SIZE)
-        _check_size("TREE_CONNECT response", body.structure_size, 16)
+        check_structure_size("TREE_CONNECT response", body.structure_size, 16)
         return body

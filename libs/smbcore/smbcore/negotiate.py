@@ -14,7 +14,19 @@ from enum import IntEnum, IntFlag
 from .errors import RemoteProtocolError
 from .header import HEADER_SIZE
 from .ntstatus import NTStatus
-from .wire import Buffer, Structure, align8, raw, read_bytes, read_utf16, structure, u16, u32, u64
+from .wire import (
+    Buffer,
+    Structure,
+    align8,
+    check_structure_size,
+    raw,
+    read_bytes,
+    read_utf16,
+    structure,
+    u16,
+    u32,
+    u64,
+)
 
 
 class Dialect(IntEnum):
@@ -333,8 +345,7 @@ class NegotiateRequest:
     @classmethod
     def decode(cls, msg: Buffer, body: int = HEADER_SIZE) -> NegotiateRequest:
         fixed = _RequestFixed.decode(msg, body)
-        if fixed.structure_size != 36:
-            raise RemoteProtocolError(f"NEGOTIATE request StructureSize {fixed.structure_size}, expected 36")
+        check_structure_size("NEGOTIATE request", fixed.structure_size, 36)
         if fixed.dialect_count == 0:
             raise RemoteProtocolError("NEGOTIATE request without dialects", NTStatus.INVALID_PARAMETER)
         dialects = _u16_array(memoryview(msg), body + _RequestFixed.SIZE, fixed.dialect_count, "Dialects")
@@ -397,8 +408,7 @@ class NegotiateResponse:
     @classmethod
     def decode(cls, msg: Buffer, body: int = HEADER_SIZE) -> NegotiateResponse:
         fixed = _ResponseFixed.decode(msg, body)
-        if fixed.structure_size != 65:
-            raise RemoteProtocolError(f"NEGOTIATE response StructureSize {fixed.structure_size}, expected 65")
+        check_structure_size("NEGOTIATE response", fixed.structure_size, 65)
         security = bytes(
             read_bytes(msg, fixed.security_buffer_offset, fixed.security_buffer_length, "SecurityBuffer")
         )

@@ -49,7 +49,6 @@ from .fileops import (
 from .header import (
     HEADER_SIZE,
     PROTOCOL_ID,
-    SIGNATURE_OFFSET,
     TRANSFORM_PROTOCOL_ID,
     Command,
     Flags,
@@ -262,6 +261,10 @@ class FileResult:
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
+    """A file operation the shell is running, and what its answer needs."""
+
+    chain: _Chain
+    op: FileOperation
     header: Header
     credits: int
     session: Session
@@ -332,7 +335,6 @@ class ServerConnection:
         self.opens: dict[bytes, Open] = {}
         self._out: list[bytes | bytearray] = []
         self._events: list[FileOperation] = []
-        self._pending: dict[int, tuple[_Chain, FileOperation]] = {}
         self._op_ids = iter(range(1, 1 << 62))
         self._waiting: dict[int, _Waiting] = {}
         self._orphans: list[object] = []
@@ -404,7 +406,6 @@ class ServerConnection:
             chain.offset = end if header.next_command else None
             outcome = self._handle(header, view[offset:end], chain)
             if isinstance(outcome, FileOperation):
-                self._pending[outcome.op_id] = (chain, outcome)
                 self._events.append(outcome)
                 return  # resumed by complete()
             if outcome is not None:
@@ -444,8 +445,7 @@ class ServerConnection:
             if r.raw_for_preauth and r.session is not None and r.session.preauth is not None:
                 r.session.preauth.update(msg)
             if r.sign and r.session is not None and r.session.signer is not None:
-                msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = bytes(16)
-                msg[SIGNATURE_OFFSET : SIGNATURE_OFFSET + 16] = r.session.signer.sign(msg)
+                r.session.signer.sign_in_place(msg)
         pdu: bytes | bytearray = parts[0] if len(parts) == 1 else b"".join(parts)
         encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
         if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
@@ -795,7 +795,7 @@ class ServerConnection:
             )
         assert session.user is not None
         op = FileOperation(next(self._op_ids), command, request, tree.share, session.user, handle, file_id)
-        self._waiting[op.op_id] = _Waiting(header, credits, session, tree)
+        self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree)
         return op
 
     def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
@@ -818,8 +818,8 @@ class ServerConnection:
         For a successful CREATE, ``create`` is (CreateAction, times) and ``result.handle`` the
         opened file; the core assigns the FileId.
         """
-        chain, op = self._pending.pop(op_id)
         waiting = self._waiting.pop(op_id)
+        chain, op = waiting.chain, waiting.op
         body = result.body
         status = result.status
         if op.command is Command.CREATE:

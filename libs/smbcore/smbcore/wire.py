@@ -123,6 +123,12 @@ def read_utf16(buf: Buffer, offset: int, length: int, what: str) -> str:
         raise RemoteProtocolError(f"{what}: invalid UTF-16", NTStatus.OBJECT_NAME_INVALID) from None
 
 
+def check_structure_size(what: str, got: int, expected: int) -> None:
+    """A body's StructureSize field must be the one its section of MS-SMB2 gives."""
+    if got != expected:
+        raise RemoteProtocolError(f"{what} StructureSize {got}, expected {expected}")
+
+
 def align8(n: int) -> int:
     """Round up to a multiple of 8 (compound chaining, negotiate contexts: MS-SMB2 3.2.4.1.4)."""
     return (n + 7) & ~7

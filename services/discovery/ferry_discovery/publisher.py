@@ -66,7 +66,6 @@ class InventoryPublisher:
         }
         self.current: Inventory | None = None
         self._published: Inventory | None = None
-        self._published_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -168,4 +167,3 @@ class InventoryPublisher:
                 "inventory published", extra={"host": self.host, "interfaces": len(inventory.interfaces)}
             )
         self._published = inventory
-        self._published_at = time.monotonic()
