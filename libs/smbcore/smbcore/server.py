@@ -230,6 +230,7 @@ FileRequest = (
     | QueryInfoRequest
     | SetInfoRequest
     | LockRequest
+    | IoctlRequest
 )
 
 
@@ -501,9 +502,10 @@ class ServerConnection:
         if tree.share.encrypt and encrypted_for is None and self.policy.reject_unencrypted:
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
         if command is Command.IOCTL:
-            return self._ioctl(header, message, credits, session, tree)
+            return self._ioctl(header, message, credits, session, tree, chain)
         if command in _FILE_DECODERS:
-            return self._file_operation(header, message, credits, session, tree, chain)
+            request = _FILE_DECODERS[command](message)
+            return self._file_operation(header, request, credits, session, tree, chain)
         if command is Command.TREE_DISCONNECT:
             Empty4.parse(message, "TREE_DISCONNECT request")
             self._drop_opens(lambda o: o.tree is tree)
@@ -769,10 +771,9 @@ class ServerConnection:
             self._orphans.append(self.opens.pop(file_id).handle)
 
     def _file_operation(
-        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree, chain: _Chain
+        self, header: Header, request: FileRequest, credits: int, session: Session, tree: Tree, chain: _Chain
     ) -> _Reply | FileOperation:
         command = Command(header.command)
-        request = _FILE_DECODERS[command](message)
         related = bool(header.flags & Flags.RELATED_OPERATIONS)
         if related and chain.failed is not None:
             return self._error(header, chain.failed, credits, session, tree_id=tree.tree_id)
@@ -852,9 +853,16 @@ class ServerConnection:
     # -- IOCTL (MS-SMB2 3.3.5.15) -----------------------------------------------------------------
 
     def _ioctl(
-        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree
-    ) -> _Reply:
+        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree, chain: _Chain
+    ) -> _Reply | FileOperation:
         req = IoctlRequest.decode(message)
+        if req.ctl_code == CtlCode.FSCTL_PIPE_TRANSCEIVE:
+            if tree.share.share_type != ShareType.PIPE:
+                return self._error(
+                    header, NTStatus.INVALID_DEVICE_REQUEST, credits, session, tree_id=tree.tree_id
+                )
+            # A named pipe write-then-read: carried out by the shell on the pipe's open.
+            return self._file_operation(header, req, credits, session, tree, chain)
         if req.ctl_code == CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO:
             output = self._validate_negotiate(req)
         elif req.ctl_code == CtlCode.FSCTL_QUERY_NETWORK_INTERFACE_INFO:
