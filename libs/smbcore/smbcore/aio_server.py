@@ -5,6 +5,12 @@ One :class:`asyncio.Protocol` per connection: bytes in go through the
 ``writelines`` (no concatenation). A protocol error closes only that connection; the
 listener and the other connections carry on. Idle connections are closed after
 ``handshake_timeout`` (before a session is established) or ``idle_timeout``.
+
+All connections share one :class:`~smbcore.server.ServerState` (sessions bound to several
+connections, opens, oplocks): after anything reaches the core, :meth:`SMBServer.pump` sends
+what every affected connection has to send, starts their file operations, releases dropped
+handles and arms the oplock-break timer. A file operation still running after
+``interim_response_delay`` gets an interim STATUS_PENDING response.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .config import ServerLimits
 from .errors import SMBProtocolError
@@ -25,11 +31,13 @@ from .ioctl import NetworkInterfaceInfo
 from .ntstatus import NTStatus
 from .server import (
     Authenticator,
+    CancelOperation,
     FileOperation,
     FileResult,
     ServerConnection,
     ServerIdentity,
     ServerPolicy,
+    ServerState,
     SessionState,
     Share,
 )
@@ -50,6 +58,14 @@ class FileService(Protocol):
     async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]: ...
 
     def release(self, handle: object) -> None: ...
+
+
+@runtime_checkable
+class CancellableFileService(FileService, Protocol):
+    """A file service whose operations can wait (blocking locks): ``cancel`` makes a waiting
+    operation answer STATUS_CANCELLED soon; one that is not waiting just finishes."""
+
+    def cancel(self, op_id: int) -> None: ...
 
 
 class NoFiles:
@@ -94,27 +110,31 @@ class _SMBProtocol(asyncio.Protocol):
             limits=self._settings.limits,
             policy=self._settings.policy,
             system_time=filetime_now,
-            session_ids=server.next_session_id,
             interfaces=self._settings.interfaces,
+            server=server.state,
         )
+        self._running: dict[int, FileOperation] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self._server.connections.add(self)
+        self._server.attach(self)
         self._arm_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for opened in self.conn.opens.values():
-            self._settings.files.release(opened.handle)
-        self.conn.opens.clear()
+        # Running operations finish (their results are dropped by the core, handles released);
+        # waiting ones are told to stop.
+        files = self._settings.files
+        if isinstance(files, CancellableFileService):
+            for op_id in list(self._running):
+                files.cancel(op_id)
+        self.conn.connection_lost()
+        self._server.detach(self)
+        self._server.pump()
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -136,7 +156,7 @@ class _SMBProtocol(asyncio.Protocol):
             self._frames.receive_data(data)
             while (pdu := self._frames.next_pdu()) is not None:
                 self.conn.receive_pdu(pdu)
-                self._after_core()
+                self._server.pump()
         except SMBProtocolError as exc:
             self._fail(exc)
             return
@@ -146,33 +166,40 @@ class _SMBProtocol(asyncio.Protocol):
             return
         self._arm_timer()
 
-    def _after_core(self) -> None:
-        """Send what the core produced, release what it closed, start what it asked for."""
-        transport = self._transport
-        assert transport is not None
+    def flush(self) -> None:
+        """Send what the core produced for this connection and start what it asked for."""
         self._send_output()
-        for handle in self.conn.handles_to_close():
-            self._settings.files.release(handle)
-        for op in self.conn.events():
-            task = asyncio.get_running_loop().create_task(self._run(op))
+        files = self._settings.files
+        for event in self.conn.events():
+            if isinstance(event, CancelOperation):
+                if isinstance(files, CancellableFileService) and event.op_id in self._running:
+                    files.cancel(event.op_id)
+                continue
+            self._running[event.op_id] = event
+            task = asyncio.get_running_loop().create_task(self._run(event))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _interim(self, op_id: int) -> None:
+        if self.conn.go_async(op_id):
+            self._server.pump()
+
     async def _run(self, op: FileOperation) -> None:
+        delay = self._settings.limits.interim_response_delay
+        interim = asyncio.get_running_loop().call_later(delay, self._interim, op.op_id)
         try:
             result, create = await self._settings.files.run(op)
         except Exception:  # a bug in the file service: answer, keep the connection
             log.exception("file operation failed", extra={"peer": self.peer, "command": op.command.name})
             result, create = FileResult(NTStatus.UNSUCCESSFUL), None
-        if self._transport is None or self._transport.is_closing():
-            if result.handle is not None:
-                self._settings.files.release(result.handle)
-            return
+        finally:
+            interim.cancel()
+            self._running.pop(op.op_id, None)
         try:
             self.conn.complete(op.op_id, result, create)
-            self._after_core()
         except SMBProtocolError as exc:
             self._fail(exc)
+        self._server.pump()
 
     def _fail(self, exc: SMBProtocolError) -> None:
         transport = self._transport
@@ -184,9 +211,9 @@ class _SMBProtocol(asyncio.Protocol):
     def _send_output(self) -> None:
         """Frame and write the PDUs the core produced."""
         out = self.conn.data_to_send()
-        if out:
-            assert self._transport is not None
-            self._transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
 
 
 class SMBServer:
@@ -195,13 +222,46 @@ class SMBServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.connections: set[_SMBProtocol] = set()
+        self._by_core: dict[ServerConnection, _SMBProtocol] = {}
         self._servers: list[asyncio.Server] = []
-        self._session_counter = 0
+        self._break_timer: asyncio.TimerHandle | None = None
+        self.state = ServerState(clock=self._now)
 
-    def next_session_id(self) -> int:
-        """Session ids unique across the server's connections (binding needs that)."""
-        self._session_counter += 1
-        return (self._session_counter << 16) | 0x0001
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def attach(self, protocol: _SMBProtocol) -> None:
+        self.connections.add(protocol)
+        self._by_core[protocol.conn] = protocol
+
+    def detach(self, protocol: _SMBProtocol) -> None:
+        self.connections.discard(protocol)
+        self._by_core.pop(protocol.conn, None)
+
+    def pump(self) -> None:
+        """After the core ran: flush every connection it touched, release dropped handles,
+        and arm the timer for the next oplock-break timeout."""
+        for conn in self.state.take_dirty():
+            protocol = self._by_core.get(conn)
+            if protocol is not None:
+                protocol.flush()
+            else:
+                conn.data_to_send()
+                conn.events()
+        for handle in self.state.handles_to_close():
+            self.settings.files.release(handle)
+        if self._break_timer is not None:
+            self._break_timer.cancel()
+            self._break_timer = None
+        deadline = self.state.next_deadline()
+        if deadline is not None:
+            self._break_timer = asyncio.get_running_loop().call_at(deadline, self._on_break_timer)
+
+    def _on_break_timer(self) -> None:
+        self._break_timer = None
+        self.state.handle_timer(self._now())
+        self.pump()
 
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
@@ -218,6 +278,8 @@ class SMBServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self._break_timer is not None:
+            self._break_timer.cancel()
 
     async def __aenter__(self) -> SMBServer:
         return self

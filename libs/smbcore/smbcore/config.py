@@ -25,6 +25,9 @@ class ServerLimits:
     #: Seconds a connection may stay idle before NEGOTIATE/authentication completes, and after.
     handshake_timeout: float = 30.0
     idle_timeout: float = 15 * 60.0
+    #: Seconds a file operation may run before the client gets an interim STATUS_PENDING
+    #: response (MS-SMB2 3.3.4.2; Samba waits 0.5 s too).
+    interim_response_delay: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (

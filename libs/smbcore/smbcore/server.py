@@ -1,4 +1,5 @@
-"""The SMB 3 server core: one :class:`ServerConnection` per transport connection, sans-IO.
+"""The SMB 3 server core: one :class:`ServerConnection` per transport connection, all of a
+server's connections sharing one :class:`ServerState`; sans-IO.
 
 Bytes go in through :meth:`ServerConnection.receive_pdu` (one whole PDU, from the
 transport's framing: Direct TCP or SMB Direct); the responses come out of
@@ -13,7 +14,14 @@ File operations (CREATE, READ, WRITE, ...) are validated here (session, tree, op
 credit charge, related-compound FileIds) and then handed to the shell as
 :class:`FileOperation` events (:meth:`ServerConnection.events`); the shell does the I/O and
 answers with :meth:`ServerConnection.complete`, after which the core signs or encrypts the
-response and carries on with the rest of the compound. The core owns the open table.
+response and carries on with the rest of the compound. An operation that waits (a blocked
+LOCK, a CREATE held for an oplock break) gets an interim STATUS_PENDING response and can be
+cancelled (CANCEL becomes a :class:`CancelOperation` event).
+
+The server-wide tables live in :class:`ServerState`: sessions (so that a session can be
+bound to several connections, Multichannel, MS-SMB2 3.3.5.5.2), opens (which survive the
+loss of one channel of their session) and oplocks (granted, broken and acknowledged across
+connections).
 
 The connection's states and the commands each accepts are the table :data:`ACCEPTS`; a
 command outside it is a protocol error answered as MS-SMB2 3.3.5.2 prescribes.
@@ -22,9 +30,10 @@ command outside it is a protocol error answered as MS-SMB2 3.3.5.2 prescribes.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,6 +96,17 @@ from .negotiate import (
     SigningCapabilities,
 )
 from .ntstatus import NTStatus
+from .oplocks import (
+    EXCLUSIVE_LEVELS,
+    NOTIFICATION_MESSAGE_ID,
+    OPLOCK_BREAK_TIMEOUT,
+    OplockBreak,
+    OplockLevel,
+    break_level,
+    grant_level,
+    is_attribute_only,
+    overwrites,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +188,32 @@ class SessionState(enum.Enum):
     VALID = "valid"
 
 
-@dataclass
+@dataclass(eq=False)
 class Tree:
     tree_id: int
     share: Share
 
 
-@dataclass
+@dataclass(eq=False)
+class Channel:
+    """MS-SMB2 3.3.1.14: a connection bound to a session, and the key that signs on it."""
+
+    connection: ServerConnection
+    signer: crypto.Signer
+
+
+@dataclass(eq=False)
 class Session:
+    """MS-SMB2 3.3.1.8. ``signer`` signs with Session.SigningKey (the first channel's key,
+    and the key binding requests are signed with); each channel has its own in ``channels``."""
+
     session_id: int
     dialect: int
     authenticator: Authenticator
     preauth: crypto.PreauthHash | None
+    client_guid: bytes = b""
+    cipher: crypto.CipherId | None = None
+    signing_algorithm: crypto.SigningAlgorithm = crypto.SigningAlgorithm.AES_CMAC
     state: SessionState = SessionState.IN_PROGRESS
     user: str | None = None
     domain: str | None = None
@@ -190,6 +224,16 @@ class Session:
     trees: dict[int, Tree] = field(default_factory=dict)
     next_tree_id: int = 1
     reauthenticating: bool = False
+    channels: dict[ServerConnection, Channel] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Binding:
+    """A SESSION_SETUP exchange binding this connection to an existing session (3.3.5.5.2)."""
+
+    session: Session
+    authenticator: Authenticator
+    preauth: crypto.PreauthHash | None
 
 
 @dataclass
@@ -204,8 +248,10 @@ class _Reply:
     tree_id: int = 0
     session_id: int = 0
     sign: bool = False
+    signer: crypto.Signer | None = None
     encrypt: bool = False
-    raw_for_preauth: bool = False
+    preauth: crypto.PreauthHash | None = None  # hashed with the response as sent (3.1.1)
+    async_id: int = 0
 
 
 @dataclass
@@ -238,7 +284,11 @@ FileRequest = (
 class FileOperation:
     """An event: a file operation for the shell to carry out, then :meth:`ServerConnection.complete`.
 
-    ``handle`` is what the shell returned when the file was opened (None for CREATE).
+    ``handle`` is what the shell returned when the file was opened (None for CREATE). For a
+    CREATE, ``break_keys`` are the file keys (see :class:`FileResult`) whose oplocks must be
+    broken before the file may be opened: if the target is one of them the shell opens
+    nothing and answers STATUS_OPLOCK_BREAK_IN_PROGRESS with that ``file_key``; the core
+    breaks the oplocks, waits for the holders, and asks again.
     """
 
     op_id: int
@@ -248,21 +298,37 @@ class FileOperation:
     user: str
     handle: object | None
     file_id: bytes | None
+    break_keys: frozenset[Hashable] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOperation:
+    """An event: the client cancelled a file operation the shell is still running
+    (MS-SMB2 3.3.5.16). A shell that can stop it (a wait) answers it through
+    :meth:`ServerConnection.complete` with STATUS_CANCELLED; otherwise it just finishes."""
+
+    op_id: int
+
+
+Event = FileOperation | CancelOperation
 
 
 @dataclass(frozen=True, slots=True)
 class FileResult:
     """How the shell answers a :class:`FileOperation`: a status and the response body
-    (an ERROR body is used for failures), and for CREATE the new handle."""
+    (an ERROR body is used for failures); for CREATE the new handle and the opened file's
+    identity (``file_key``: equal for every open of the same file, e.g. (st_dev, st_ino);
+    None for objects that take no oplocks, such as pipes)."""
 
     status: int
     body: bytes | bytearray = b""
     handle: object | None = None
+    file_key: Hashable | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)
 class _Waiting:
-    """A file operation the shell is running, and what its answer needs."""
+    """A file operation the shell is running (or the core holds back), and what its answer needs."""
 
     chain: _Chain
     op: FileOperation
@@ -270,14 +336,24 @@ class _Waiting:
     credits: int
     session: Session
     tree: Tree
+    async_id: int = 0
+    blocked_on: set[Open] = field(default_factory=set)  # oplock breaks a CREATE waits for
 
 
-@dataclass
+@dataclass(eq=False)
 class Open:
+    """MS-SMB2 3.3.1.10: an open file; lives in the server's global open table so that every
+    channel of its session reaches it."""
+
     file_id: bytes
     session: Session
     tree: Tree
     handle: object
+    connection: ServerConnection  # where it was opened: break notifications go there first
+    file_key: Hashable | None = None
+    oplock: OplockLevel = OplockLevel.NONE
+    breaking_to: OplockLevel | None = None
+    break_deadline: float = 0.0
 
 
 _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
@@ -291,6 +367,202 @@ _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
     Command.SET_INFO: SetInfoRequest.decode,
     Command.LOCK: LockRequest.decode,
 }
+#: SET_INFO classes that change a file's data size (break Level II oplocks like a write).
+_SIZE_CLASSES = frozenset({19, 20})  # FileAllocationInformation, FileEndOfFileInformation
+_DIRECTORY_ATTRIBUTE = 0x10
+
+
+def _default_session_ids() -> Callable[[], int]:
+    counter = itertools.count(1)
+    return lambda: (next(counter) << 16) | 0x0001
+
+
+class ServerState:
+    """What all connections of one server share (MS-SMB2 3.3.1.5): the global session table,
+    the global open table, oplocks, and the pending oplock-break timers.
+
+    Input on one connection can produce work on another (a break notification sent to the
+    holder's connection; a CREATE there resumed when the break is acknowledged): after every
+    call into the core the shell asks :meth:`take_dirty` which connections have output or
+    events, and :meth:`next_deadline` when to call :meth:`handle_timer`. ``clock`` gives the
+    time (seconds, monotonic) for those timers; the core never reads a clock itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_ids: Callable[[], int] | None = None,
+        clock: Callable[[], float] = lambda: 0.0,
+        oplock_break_timeout: float = OPLOCK_BREAK_TIMEOUT,
+    ) -> None:
+        self.sessions: dict[int, Session] = {}
+        self.opens: dict[bytes, Open] = {}
+        self.clock = clock
+        self.oplock_break_timeout = oplock_break_timeout
+        self._session_ids = session_ids or _default_session_ids()
+        self._file_ids = itertools.count(1)
+        self._by_key: dict[Hashable, list[Open]] = {}
+        self._holders: set[Open] = set()  # opens holding an oplock
+        self._breaking: set[Open] = set()
+        self._break_waiters: dict[Open, list[tuple[ServerConnection, _Waiting]]] = {}
+        self._dirty: dict[ServerConnection, None] = {}
+        self._orphans: list[object] = []
+
+    # -- for the shell ---------------------------------------------------------------------------
+
+    def take_dirty(self) -> list[ServerConnection]:
+        """Connections with PDUs to send or events to run since the last call."""
+        dirty, self._dirty = list(self._dirty), {}
+        return dirty
+
+    def handles_to_close(self) -> list[object]:
+        """Handles of opens the protocol dropped (logoff, tree disconnect, a session's last
+        channel lost, an abandoned CREATE) for the shell to release."""
+        handles, self._orphans = self._orphans, []
+        return handles
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next run (an oplock break's acknowledgment timeout)."""
+        return min((o.break_deadline for o in self._breaking), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Breaks not acknowledged in time leave the holder with no oplock (MS-SMB2 3.3.2.1)."""
+        for holder in [o for o in self._breaking if o.break_deadline <= now]:
+            log.info("oplock break not acknowledged in time", extra={"file_id": holder.file_id.hex()})
+            self.acknowledge(holder, OplockLevel.NONE)
+
+    # -- tables --------------------------------------------------------------------------------
+
+    def new_session_id(self) -> int:
+        return self._session_ids()
+
+    def new_file_id(self) -> bytes:
+        return next(self._file_ids).to_bytes(8, "little") + next(self._file_ids).to_bytes(8, "little")
+
+    def mark(self, conn: ServerConnection) -> None:
+        self._dirty[conn] = None
+
+    def add_open(self, opened: Open, oplock: OplockLevel) -> None:
+        self.opens[opened.file_id] = opened
+        if opened.file_key is not None:
+            self._by_key.setdefault(opened.file_key, []).append(opened)
+            self.set_oplock(opened, oplock)
+
+    def set_oplock(self, opened: Open, level: OplockLevel) -> None:
+        opened.oplock = level
+        if level == OplockLevel.NONE:
+            self._holders.discard(opened)
+        else:
+            self._holders.add(opened)
+
+    def others_on(self, opened: Open) -> list[Open]:
+        if opened.file_key is None:
+            return []
+        return [o for o in self._by_key.get(opened.file_key, ()) if o is not opened]
+
+    def forget_open(self, opened: Open) -> None:
+        """An open is gone (closed or dropped): out of the tables, its breaks resolved."""
+        self.opens.pop(opened.file_id, None)
+        if opened.file_key is not None:
+            same = self._by_key.get(opened.file_key)
+            if same is not None:
+                same[:] = [o for o in same if o is not opened]
+                if not same:
+                    del self._by_key[opened.file_key]
+        self.set_oplock(opened, OplockLevel.NONE)
+        if opened in self._breaking:
+            self._break_done(opened)
+
+    def drop_opens(self, which: Callable[[Open], bool]) -> None:
+        for opened in [o for o in self.opens.values() if which(o)]:
+            self.forget_open(opened)
+            self._orphans.append(opened.handle)
+
+    def orphan(self, handle: object) -> None:
+        self._orphans.append(handle)
+
+    def remove_session(self, session: Session) -> None:
+        """LOGOFF, a failed re-authentication, PreviousSessionId, or the last channel gone:
+        the session leaves every table and its opens are closed (MS-SMB2 3.3.5.6)."""
+        self.sessions.pop(session.session_id, None)
+        for conn in list(session.channels):
+            conn.sessions.pop(session.session_id, None)
+        session.channels.clear()
+        self.drop_opens(lambda o: o.session is session)
+
+    # -- oplocks -------------------------------------------------------------------------------
+
+    def break_keys(self, request: CreateRequest) -> frozenset[Hashable]:
+        """Files a CREATE may not open before their oplocks are broken."""
+        if not self._holders or is_attribute_only(request.desired_access):
+            return frozenset()
+        overwrite = overwrites(request.disposition)
+        return frozenset(
+            o.file_key
+            for o in self._holders
+            if o.breaking_to is not None or o.oplock in EXCLUSIVE_LEVELS or overwrite
+        )
+
+    def start_breaks(self, key: Hashable, overwrite: bool) -> list[Open]:
+        """Break the oplocks on a file another open wants; the holders still to acknowledge."""
+        waiting_on: list[Open] = []
+        for holder in list(self._by_key.get(key, ())):
+            if holder.breaking_to is not None:
+                waiting_on.append(holder)
+                continue
+            target = break_level(holder.oplock, overwrite)
+            if target == holder.oplock:
+                continue
+            sent = self._notify_break(holder, target)
+            if holder.oplock in EXCLUSIVE_LEVELS and sent:
+                holder.breaking_to = target
+                holder.break_deadline = self.clock() + self.oplock_break_timeout
+                self._breaking.add(holder)
+                waiting_on.append(holder)
+            else:  # Level II to none needs no acknowledgment (MS-SMB2 3.3.4.6)
+                self.set_oplock(holder, target)
+        return waiting_on
+
+    def break_level_two(self, writer: Open) -> None:
+        """A write or size change: every other Level II oplock on the file goes to none."""
+        for other in self.others_on(writer):
+            if other.oplock == OplockLevel.LEVEL_II and other.breaking_to is None:
+                self._notify_break(other, OplockLevel.NONE)
+                self.set_oplock(other, OplockLevel.NONE)
+
+    def wait_for_breaks(self, conn: ServerConnection, waiting: _Waiting, holders: list[Open]) -> None:
+        waiting.blocked_on = set(holders)
+        for holder in holders:
+            self._break_waiters.setdefault(holder, []).append((conn, waiting))
+
+    def stop_waiting(self, waiting: _Waiting) -> None:
+        for holder in waiting.blocked_on:
+            waiters = self._break_waiters.get(holder, [])
+            waiters[:] = [(c, w) for c, w in waiters if w is not waiting]
+        waiting.blocked_on.clear()
+
+    def acknowledge(self, holder: Open, level: OplockLevel) -> None:
+        self.set_oplock(holder, level)
+        self._break_done(holder)
+
+    def _break_done(self, holder: Open) -> None:
+        holder.breaking_to = None
+        self._breaking.discard(holder)
+        for conn, waiting in self._break_waiters.pop(holder, []):
+            waiting.blocked_on.discard(holder)
+            if not waiting.blocked_on:
+                conn.resume_create(waiting)
+
+    def _notify_break(self, holder: Open, level: OplockLevel) -> bool:
+        """Send the break notification on the holder's connection, or another channel of its
+        session; False when the session has no channel left to hear it."""
+        conn = holder.connection
+        if conn not in holder.session.channels:
+            conn = next(iter(holder.session.channels), conn)
+        if conn.state is ConnState.CLOSED or conn not in holder.session.channels:
+            return False
+        conn.send_oplock_break(holder, level)
+        return True
 
 
 class ServerConnection:
@@ -306,20 +578,20 @@ class ServerConnection:
         limits: ServerLimits | None = None,
         policy: ServerPolicy | None = None,
         system_time: Callable[[], int] = lambda: 0,
-        session_ids: Callable[[], int] | None = None,
         randbytes: Callable[[int], bytes] = os.urandom,
         interfaces: Callable[[], list[NetworkInterfaceInfo]] = list,
+        server: ServerState | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self.policy = policy or ServerPolicy()
         self.identity = identity
         self.shares = {name.lower(): share for name, share in shares.items()}
+        self.server = server or ServerState()
         self._auth_factory = authenticator_factory
         self._initial_token = initial_token
         self._system_time = system_time
         self._randbytes = randbytes
         self._interfaces = interfaces
-        self._session_ids = session_ids or self._default_session_ids()
         self.state = ConnState.AWAIT_NEGOTIATE
         self.credits = CreditWindow(self.limits.max_credits)
         self.dialect: int = 0
@@ -332,19 +604,14 @@ class ServerConnection:
         self.cipher: crypto.CipherId | None = None
         self.signing_algorithm = crypto.SigningAlgorithm.AES_CMAC
         self.preauth = crypto.PreauthHash()
+        #: Connection.SessionTable: the sessions with a channel (or being set up) here.
         self.sessions: dict[int, Session] = {}
-        self.opens: dict[bytes, Open] = {}
+        self._bindings: dict[int, _Binding] = {}
         self._out: list[bytes | bytearray] = []
-        self._events: list[FileOperation] = []
-        self._op_ids = iter(range(1, 1 << 62))
+        self._events: list[Event] = []
+        self._op_ids = itertools.count(1)
+        self._async_ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
-        self._orphans: list[object] = []
-        self._file_ids = iter(range(1, 1 << 62))
-
-    @staticmethod
-    def _default_session_ids() -> Callable[[], int]:
-        counter = iter(range(1, 1 << 63))
-        return lambda: (next(counter) << 16) | 0x0001
 
     # -- I/O boundary ------------------------------------------------------------------------
 
@@ -367,8 +634,23 @@ class ServerConnection:
             else:
                 raise RemoteProtocolError(f"unsupported protocol id {bytes(view[:4]).hex()}")
         except SMBProtocolError:
-            self.state = ConnState.CLOSED
+            self.connection_lost()
             raise
+
+    def connection_lost(self) -> None:
+        """The transport is gone: this channel leaves its sessions; a session with no channel
+        left ends with its opens, one that still has channels keeps them (Multichannel)."""
+        if self.state is ConnState.CLOSED and not self.sessions:
+            return
+        self.state = ConnState.CLOSED
+        for session in list(self.sessions.values()):
+            session.channels.pop(self, None)
+            if not session.channels:
+                self.server.remove_session(session)
+        self.sessions.clear()
+        self._bindings.clear()
+        for waiting in self._waiting.values():
+            self.server.stop_waiting(waiting)
 
     # -- compounds, signing, encryption ---------------------------------------------------------
 
@@ -407,12 +689,16 @@ class ServerConnection:
             chain.offset = end if header.next_command else None
             outcome = self._handle(header, view[offset:end], chain)
             if isinstance(outcome, FileOperation):
-                self._events.append(outcome)
+                self._dispatch(outcome)
                 return  # resumed by complete()
             if outcome is not None:
                 chain.replies.append(self._as_requested(outcome, chain))
         if chain.replies:
             self._emit(chain.replies)
+
+    def _dispatch(self, op: FileOperation) -> None:
+        self._events.append(op)
+        self.server.mark(self)
 
     @staticmethod
     def _as_requested(reply: _Reply, chain: _Chain) -> _Reply:
@@ -426,6 +712,8 @@ class ServerConnection:
         parts: list[bytearray] = []
         for i, r in enumerate(replies):
             flags = Flags.SERVER_TO_REDIR | (r.request.flags & Flags.RELATED_OPERATIONS if i else 0)
+            if r.async_id:
+                flags |= Flags.ASYNC_COMMAND
             header = Header(
                 credit_charge=r.request.credit_charge,
                 status=r.status,
@@ -433,7 +721,7 @@ class ServerConnection:
                 credits=r.credits,
                 flags=flags | (Flags.SIGNED if r.sign else 0),
                 message_id=r.request.message_id,
-                reserved_or_async=Header.sync_field(r.tree_id),
+                reserved_or_async=r.async_id or Header.sync_field(r.tree_id),
                 session_id=r.session_id,
             )
             msg = bytearray(header.to_bytes())
@@ -443,18 +731,22 @@ class ServerConnection:
             part.extend(bytes((-len(part)) % 8))
             part[20:24] = len(part).to_bytes(4, "little")  # NextCommand
         for r, msg in zip(replies, parts, strict=True):
-            if r.raw_for_preauth and r.session is not None and r.session.preauth is not None:
-                r.session.preauth.update(msg)
-            if r.sign and r.session is not None and r.session.signer is not None:
-                r.session.signer.sign_in_place(msg)
+            if r.sign and r.signer is not None:
+                r.signer.sign_in_place(msg)
+            if r.preauth is not None:
+                r.preauth.update(msg)
         pdu: bytes | bytearray = parts[0] if len(parts) == 1 else b"".join(parts)
         encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
+        self._send(pdu, encrypt_for)
+
+    def _send(self, pdu: bytes | bytearray, encrypt_for: Session | None) -> None:
         if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
             nonce = crypto.random_nonce(self.cipher, self._randbytes)
             pdu = crypto.encrypt(
                 pdu, encrypt_for.keys.encryption_key(server=True), self.cipher, encrypt_for.session_id, nonce
             )
         self._out.append(pdu)
+        self.server.mark(self)
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -468,7 +760,8 @@ class ServerConnection:
                 f"{command.name} not allowed in state {self.state.value}", NTStatus.INVALID_PARAMETER
             )
         if command is Command.CANCEL:
-            return None  # nothing is pending yet; CANCEL gets no response (3.3.5.16)
+            self._cancel(header)
+            return None  # CANCEL is never answered itself (MS-SMB2 3.3.5.16)
         self.credits.consume(header.message_id, header.credit_charge)
         credits = self.credits.grant(header.credits)
         if command is Command.NEGOTIATE:
@@ -488,8 +781,7 @@ class ServerConnection:
         if command is Command.LOGOFF:
             Empty4.parse(message, "LOGOFF request")
             reply = self._ok(header, EMPTY4, credits, session)
-            self._drop_opens(lambda o: o.session is session)
-            del self.sessions[session.session_id]
+            self.server.remove_session(session)
             return reply
         if command is Command.ECHO:
             Empty4.parse(message, "ECHO request")
@@ -506,9 +798,11 @@ class ServerConnection:
         if command in _FILE_DECODERS:
             request = _FILE_DECODERS[command](message)
             return self._file_operation(header, request, credits, session, tree, chain)
+        if command is Command.OPLOCK_BREAK:
+            return self._oplock_break_ack(header, message, credits, session, tree)
         if command is Command.TREE_DISCONNECT:
             Empty4.parse(message, "TREE_DISCONNECT request")
-            self._drop_opens(lambda o: o.tree is tree)
+            self.server.drop_opens(lambda o: o.tree is tree)
             del session.trees[tree.tree_id]
             return self._ok(header, EMPTY4, credits, session, tree_id=tree.tree_id)
         return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
@@ -526,14 +820,19 @@ class ServerConnection:
             log.info("plain request on an encrypted session", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
         if header.flags & Flags.SIGNED:
-            assert session.signer is not None
-            if not session.signer.verify(message):
+            if not self._channel(session).signer.verify(message):
                 log.warning("bad signature", extra={"session": hex(session.session_id)})
                 return NTStatus.ACCESS_DENIED
         elif session.signing_required:
             log.info("unsigned request on a signed session", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
         return None
+
+    def _channel(self, session: Session) -> Channel:
+        channel = session.channels.get(self)
+        if channel is None:  # a VALID session is in this connection's table only through a channel
+            raise AssertionError(f"session {session.session_id:#x} has no channel on this connection")
+        return channel
 
     def _ok(
         self,
@@ -567,10 +866,11 @@ class ServerConnection:
         tree_id: int | None,
     ) -> _Reply:
         encrypt = bool(session is not None and session.keys is not None and self._encrypts(session, header))
+        channel = session.channels.get(self) if session is not None else None
         sign = (
             session is not None
             and session.state is SessionState.VALID
-            and session.signer is not None
+            and channel is not None
             and not encrypt
             and (bool(header.flags & Flags.SIGNED) or session.signing_required)
         )
@@ -583,6 +883,7 @@ class ServerConnection:
             tree_id=header.tree_id if tree_id is None else tree_id,
             session_id=header.session_id,
             sign=sign,
+            signer=channel.signer if sign and channel is not None else None,
             encrypt=encrypt,
         )
 
@@ -652,10 +953,7 @@ class ServerConnection:
         reply = self._ok(header, response.encode(), credits, None)
         if dialect == Dialect.SMB_3_1_1:
             self.preauth.update(message)
-            # The response is hashed as sent: build it now so the hash sees the exact bytes.
-            self._emit([reply])
-            self.preauth.update(self._out[-1])
-            return None
+            reply.preauth = self.preauth  # the response is hashed as sent
         return reply
 
     # -- SESSION_SETUP (MS-SMB2 3.3.5.5) ---------------------------------------------------------
@@ -664,19 +962,22 @@ class ServerConnection:
         self, header: Header, message: memoryview, credits: int, encrypted_for: Session | None
     ) -> _Reply:
         req = SessionSetupRequest.decode(message)
-        if req.binding:
-            # Multichannel binding arrives with issue 4; refuse it the way Windows does without it.
-            return self._error(header, NTStatus.REQUEST_NOT_ACCEPTED, credits, None)
+        if req.binding and header.session_id not in self.sessions:
+            return self._bind(header, req, message, credits)
         if header.session_id == 0:
             if len(self.sessions) >= self.limits.max_sessions:
                 return self._error(header, NTStatus.INSUFFICIENT_RESOURCES, credits, None)
             session = Session(
-                session_id=self._session_ids(),
+                session_id=self.server.new_session_id(),
                 dialect=self.dialect,
                 authenticator=self._auth_factory(),
                 preauth=self.preauth.copy() if self.dialect == Dialect.SMB_3_1_1 else None,
+                client_guid=self.client_guid,
+                cipher=self.cipher,
+                signing_algorithm=self.signing_algorithm,
             )
             self.sessions[session.session_id] = session
+            self.server.sessions[session.session_id] = session
         else:
             found = self.sessions.get(header.session_id)
             if found is None:
@@ -703,7 +1004,7 @@ class ServerConnection:
             # session goes (with its opens), as Windows does.
             reply = self._error(header, exc.status, credits, session if session.reauthenticating else None)
             reply.session_id = session.session_id
-            self._drop_opens(lambda o: o.session is session)
+            self.server.remove_session(session)
             self.sessions.pop(session.session_id, None)
             return reply
         if not result.complete:
@@ -716,7 +1017,8 @@ class ServerConnection:
                 0,
             )
             reply.session_id = session.session_id
-            reply.raw_for_preauth = session.state is SessionState.IN_PROGRESS
+            if session.state is SessionState.IN_PROGRESS:
+                reply.preauth = session.preauth
             return reply
         assert result.session_key is not None
         if session.reauthenticating:
@@ -735,11 +1037,13 @@ class ServerConnection:
             self.cipher if self.dialect == Dialect.SMB_3_1_1 else None,
         )
         session.signer = crypto.make_signer(self.signing_algorithm, session.keys.signing_key)
+        session.channels[self] = Channel(self, session.signer)
         session.signing_required = self.policy.require_signing or bool(
             self.client_security_mode & SecurityMode.SIGNING_REQUIRED
         )
         session.encrypt_data = self.policy.encrypt_all and self.cipher is not None
         session.state = SessionState.VALID
+        self._end_previous_session(req.previous_session_id, session)
         flags = SessionFlags.ENCRYPT_DATA if session.encrypt_data else 0
         body = SessionSetupResponse(flags, result.out_token).encode()
         reply = _Reply(
@@ -750,25 +1054,139 @@ class ServerConnection:
             credits=credits,
             session_id=session.session_id,
             sign=True,  # the final response is always signed (3.3.5.5.3)
+            signer=session.signer,
         )
         log.info("session established", extra={"user": session.user, "session": hex(session.session_id)})
         return reply
 
+    def _end_previous_session(self, previous_id: int, session: Session) -> None:
+        """A client reconnecting names its old session (PreviousSessionId): if the same user
+        owns it, it ends now with its opens (MS-SMB2 3.3.5.5.3)."""
+        previous = self.server.sessions.get(previous_id) if previous_id else None
+        if previous is None or previous is session or previous.state is not SessionState.VALID:
+            return
+        if (previous.user or "").lower() == (session.user or "").lower() and (
+            (previous.domain or "").lower() == (session.domain or "").lower()
+        ):
+            log.info("previous session ended by reconnect", extra={"session": hex(previous_id)})
+            self.server.remove_session(previous)
+
+    # -- session binding (MS-SMB2 3.3.5.5, 3.3.5.5.2): one session over several connections ----
+
+    def _bind(self, header: Header, req: SessionSetupRequest, message: memoryview, credits: int) -> _Reply:
+        session = self.server.sessions.get(header.session_id)
+        if session is None:
+            return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+        binding = self._bindings.get(session.session_id)
+        if binding is None:
+            status = self._binding_refusal(header, message, session)
+            if status is not None:
+                return self._binding_error(header, status, credits, session)
+            binding = _Binding(
+                session,
+                self._auth_factory(),
+                self.preauth.copy() if self.dialect == Dialect.SMB_3_1_1 else None,
+            )
+            self._bindings[session.session_id] = binding
+        elif (
+            not (header.flags & Flags.SIGNED) or session.signer is None or not session.signer.verify(message)
+        ):
+            del self._bindings[session.session_id]
+            return self._binding_error(header, NTStatus.ACCESS_DENIED, credits, session)
+        if binding.preauth is not None:
+            binding.preauth.update(message)
+        try:
+            result = binding.authenticator.step(req.security_buffer)
+        except AuthenticationError as exc:
+            log.info("channel binding authentication failed", extra={"status": NTStatus.name_of(exc.status)})
+            del self._bindings[session.session_id]
+            return self._binding_error(header, exc.status, credits, session)
+        if not result.complete:
+            reply = self._binding_error(header, NTStatus.MORE_PROCESSING_REQUIRED, credits, session)
+            reply.body = SessionSetupResponse(0, result.out_token).encode()
+            reply.preauth = binding.preauth
+            return reply
+        del self._bindings[session.session_id]
+        if (result.user or "").lower() != (session.user or "").lower() or (
+            (result.domain or "").lower() != (session.domain or "").lower()
+        ):
+            log.info("channel binding by another user refused", extra={"session": hex(session.session_id)})
+            return self._binding_error(header, NTStatus.ACCESS_DENIED, credits, session)
+        if session.state is not SessionState.VALID or session.session_id not in self.server.sessions:
+            return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+        if len(session.channels) >= self.limits.max_channels:
+            return self._binding_error(header, NTStatus.INSUFFICIENT_RESOURCES, credits, session)
+        assert result.session_key is not None
+        keys = crypto.derive_session_keys(
+            result.session_key,
+            self.dialect,
+            binding.preauth.value if binding.preauth is not None else None,
+            self.cipher if self.dialect == Dialect.SMB_3_1_1 else None,
+        )
+        channel = Channel(self, crypto.make_signer(self.signing_algorithm, keys.signing_key))
+        session.channels[self] = channel
+        self.sessions[session.session_id] = session
+        log.info(
+            "channel bound",
+            extra={"session": hex(session.session_id), "channels": len(session.channels)},
+        )
+        return _Reply(
+            request=header,
+            status=NTStatus.SUCCESS,
+            body=SessionSetupResponse(0, result.out_token).encode(),
+            session=session,
+            credits=credits,
+            session_id=session.session_id,
+            sign=True,
+            signer=channel.signer,
+        )
+
+    def _binding_refusal(self, header: Header, message: memoryview, session: Session) -> int | None:
+        """The checks before a binding's authentication starts, in the order of 3.3.5.5."""
+        if not header.flags & Flags.SIGNED:
+            return NTStatus.INVALID_PARAMETER
+        if session.state is not SessionState.VALID or session.signer is None:
+            return NTStatus.REQUEST_NOT_ACCEPTED
+        if not session.signer.verify(message):
+            log.warning("bad signature on a binding request", extra={"session": hex(session.session_id)})
+            return NTStatus.ACCESS_DENIED
+        if self.dialect != session.dialect:
+            return NTStatus.INVALID_PARAMETER
+        if self.client_guid != session.client_guid:
+            return NTStatus.USER_SESSION_DELETED
+        if self.dialect == Dialect.SMB_3_1_1 and (
+            self.cipher != session.cipher or self.signing_algorithm != session.signing_algorithm
+        ):
+            return NTStatus.INVALID_PARAMETER
+        if len(session.channels) >= self.limits.max_channels:
+            return NTStatus.INSUFFICIENT_RESOURCES
+        return None
+
+    def _binding_error(self, header: Header, status: int, credits: int, session: Session) -> _Reply:
+        """Answers to a binding request are signed with Session.SigningKey (the client checks
+        them with it, MS-SMB2 3.2.5.1.3), never encrypted."""
+        signed = bool(header.flags & Flags.SIGNED) and session.signer is not None
+        return _Reply(
+            request=header,
+            status=status,
+            body=encode_error(),
+            session=session,
+            credits=credits,
+            session_id=session.session_id,
+            sign=signed,
+            signer=session.signer if signed else None,
+        )
+
     # -- file operations: handed to the shell, answered through complete() ---------------------
 
-    def events(self) -> list[FileOperation]:
-        """File operations to carry out, in order (each then answered with :meth:`complete`)."""
+    def events(self) -> list[Event]:
+        """File operations to carry out and cancellations, in order."""
         events, self._events = self._events, []
         return events
 
     def handles_to_close(self) -> list[object]:
-        """Handles of opens the protocol closed (logoff, tree disconnect) for the shell to release."""
-        handles, self._orphans = self._orphans, []
-        return handles
-
-    def _drop_opens(self, which: Callable[[Open], bool]) -> None:
-        for file_id in [fid for fid, o in self.opens.items() if which(o)]:
-            self._orphans.append(self.opens.pop(file_id).handle)
+        """Handles of opens the protocol dropped, for the shell to release (server-wide)."""
+        return self.server.handles_to_close()
 
     def _file_operation(
         self, header: Header, request: FileRequest, credits: int, session: Session, tree: Tree, chain: _Chain
@@ -782,20 +1200,29 @@ class ServerConnection:
             return self._error(header, status, credits, session, tree_id=tree.tree_id)
         handle: object | None = None
         file_id: bytes | None = None
-        if not isinstance(request, CreateRequest):
+        break_keys: frozenset[Hashable] = frozenset()
+        if isinstance(request, CreateRequest):
+            if len(self.server.opens) >= self.limits.max_opens:
+                return self._error(
+                    header, NTStatus.INSUFFICIENT_RESOURCES, credits, session, tree_id=tree.tree_id
+                )
+            break_keys = self.server.break_keys(request)
+        else:
             file_id = request.file_id
             if related and file_id == NO_FILE_ID:
                 file_id = chain.last_file_id
-            opened = self.opens.get(file_id) if file_id is not None else None
+            opened = self.server.opens.get(file_id) if file_id is not None else None
             if opened is None or opened.session is not session or opened.tree is not tree:
                 return self._error(header, NTStatus.FILE_CLOSED, credits, session, tree_id=tree.tree_id)
             handle = opened.handle
-        elif len(self.opens) >= self.limits.max_opens:
-            return self._error(
-                header, NTStatus.INSUFFICIENT_RESOURCES, credits, session, tree_id=tree.tree_id
-            )
+            if isinstance(request, WriteRequest | LockRequest) or (
+                isinstance(request, SetInfoRequest) and request.info_class in _SIZE_CLASSES
+            ):
+                self.server.break_level_two(opened)
         assert session.user is not None
-        op = FileOperation(next(self._op_ids), command, request, tree.share, session.user, handle, file_id)
+        op = FileOperation(
+            next(self._op_ids), command, request, tree.share, session.user, handle, file_id, break_keys
+        )
         self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree)
         return op
 
@@ -813,42 +1240,183 @@ class ServerConnection:
             return NTStatus.INVALID_PARAMETER
         return None
 
+    def go_async(self, op_id: int) -> bool:
+        """The shell's operation will wait (a blocked LOCK): send the interim STATUS_PENDING
+        response now (MS-SMB2 3.3.4.2) so the client extends its timeout and may CANCEL it.
+
+        Only the last operation of a compound goes async (the others wait in place). The
+        final answer still comes through :meth:`complete`. Returns whether it went async.
+        """
+        waiting = self._waiting.get(op_id)
+        if waiting is None or self.state is ConnState.CLOSED:
+            return False
+        return self._go_async(waiting)
+
+    def _go_async(self, waiting: _Waiting) -> bool:
+        chain = waiting.chain
+        if waiting.async_id or chain.offset is not None:
+            return False
+        waiting.async_id = next(self._async_ids)
+        interim = _Reply(
+            request=waiting.header,
+            status=NTStatus.PENDING,
+            body=encode_error(),
+            session=waiting.session,
+            credits=waiting.credits,  # the credits go with the interim response, none with the final
+            session_id=waiting.header.session_id,
+            async_id=waiting.async_id,
+        )
+        waiting.credits = 0
+        chain.replies.append(self._as_requested(interim, chain))
+        self._emit(chain.replies)
+        chain.replies = []
+        return True
+
+    def _cancel(self, header: Header) -> None:
+        """MS-SMB2 3.3.5.16: find the request by AsyncId (async) or MessageId (still sync)."""
+        if header.is_async:
+            found = next((w for w in self._waiting.values() if w.async_id == header.async_id), None)
+        else:
+            found = next(
+                (w for w in self._waiting.values()
+                 if not w.async_id and w.header.message_id == header.message_id),
+                None,
+            )  # fmt: skip
+        if found is None or found.session.session_id != header.session_id:
+            return
+        if found.blocked_on:  # a CREATE the core holds for an oplock break: the core answers
+            self.server.stop_waiting(found)
+            self.complete(found.op.op_id, FileResult(NTStatus.CANCELLED))
+            return
+        self._events.append(CancelOperation(found.op.op_id))
+        self.server.mark(self)
+
+    def resume_create(self, waiting: _Waiting) -> None:
+        """The oplock breaks a CREATE waited for are done: hand it to the shell again."""
+        if self.state is ConnState.CLOSED or waiting.op.op_id not in self._waiting:
+            return
+        request = waiting.op.request
+        assert isinstance(request, CreateRequest)
+        op = FileOperation(
+            next(self._op_ids), waiting.op.command, request, waiting.op.share, waiting.op.user,
+            None, None, self.server.break_keys(request),
+        )  # fmt: skip
+        del self._waiting[waiting.op.op_id]
+        waiting.op = op
+        self._waiting[op.op_id] = waiting
+        self._dispatch(op)
+
     def complete(self, op_id: int, result: FileResult, create: tuple[int, FileTimes] | None = None) -> None:
         """The shell finished a :class:`FileOperation`; answer it and go on with its chain.
 
         For a successful CREATE, ``create`` is (CreateAction, times) and ``result.handle`` the
-        opened file; the core assigns the FileId.
+        opened file; the core assigns the FileId. On a connection that is gone the result is
+        dropped (a handle it carries is released through :meth:`ServerState.handles_to_close`).
         """
-        waiting = self._waiting.pop(op_id)
+        waiting = self._waiting.pop(op_id, None)
+        if waiting is None or self.state is ConnState.CLOSED:
+            if result.handle is not None:
+                self.server.orphan(result.handle)
+            return
         chain, op = waiting.chain, waiting.op
         body = result.body
         status = result.status
         if op.command is Command.CREATE:
-            if status == NTStatus.SUCCESS and create is not None and result.handle is not None:
-                file_id = next(self._file_ids).to_bytes(8, "little") + next(self._file_ids).to_bytes(
-                    8, "little"
-                )
-                self.opens[file_id] = Open(file_id, waiting.session, waiting.tree, result.handle)
-                chain.last_file_id = file_id
-                body = CreateResponse(create[0], create[1], file_id).encode()
-            elif status == NTStatus.SUCCESS:
-                raise ValueError("a successful CREATE needs the handle and (action, times)")
-            else:
+            if status == NTStatus.OPLOCK_BREAK_IN_PROGRESS:
+                self._wait_for_breaks(waiting, result)
+                return
+            if status == NTStatus.SUCCESS:
+                if create is None or result.handle is None:
+                    raise ValueError("a successful CREATE needs the handle and (action, times)")
+                status, body = self._opened(waiting, result, create)
+            if status != NTStatus.SUCCESS:
                 chain.failed = status
         elif op.command is Command.CLOSE and status == NTStatus.SUCCESS and op.file_id is not None:
-            self.opens.pop(op.file_id, None)
+            closed = self.server.opens.get(op.file_id)
+            if closed is not None:
+                self.server.forget_open(closed)
         partial = status == NTStatus.BUFFER_OVERFLOW and body  # data that did not all fit, still sent
         if status != NTStatus.SUCCESS and not partial:
             body = encode_error()
         reply = self._reply(
             waiting.header, status, body, waiting.credits, waiting.session, waiting.tree.tree_id
         )
+        reply.async_id = waiting.async_id
         chain.replies.append(self._as_requested(reply, chain))
         try:
             self._continue(chain)
         except SMBProtocolError:
-            self.state = ConnState.CLOSED
+            self.connection_lost()
             raise
+
+    def _opened(
+        self, waiting: _Waiting, result: FileResult, create: tuple[int, FileTimes]
+    ) -> tuple[int, bytes]:
+        """A CREATE succeeded: the new open joins the tables with the oplock it may have."""
+        session = waiting.session
+        if session.session_id not in self.server.sessions or waiting.tree.tree_id not in session.trees:
+            # The session or tree went while the shell opened the file: nobody can use it.
+            self.server.orphan(result.handle)
+            return NTStatus.NETWORK_NAME_DELETED, b""
+        request = waiting.op.request
+        assert isinstance(request, CreateRequest)
+        opened = Open(self.server.new_file_id(), session, waiting.tree, result.handle, self, result.file_key)
+        directory = bool(create[1].file_attributes & _DIRECTORY_ATTRIBUTE)
+        others = [o.oplock for o in self.server.others_on(opened)]
+        level = grant_level(request.oplock_level, others, directory=directory)
+        self.server.add_open(opened, level if result.file_key is not None else OplockLevel.NONE)
+        waiting.chain.last_file_id = opened.file_id
+        body = CreateResponse(create[0], create[1], opened.file_id, oplock_level=opened.oplock).encode()
+        return NTStatus.SUCCESS, body
+
+    def _wait_for_breaks(self, waiting: _Waiting, result: FileResult) -> None:
+        request = waiting.op.request
+        assert isinstance(request, CreateRequest)
+        self._waiting[waiting.op.op_id] = waiting
+        holders = self.server.start_breaks(result.file_key, overwrites(request.disposition))
+        if not holders:
+            self.resume_create(waiting)
+            return
+        self.server.wait_for_breaks(self, waiting, holders)
+        self._go_async(waiting)
+
+    # -- OPLOCK_BREAK (MS-SMB2 3.3.4.6, 3.3.5.22.1) ----------------------------------------------
+
+    def send_oplock_break(self, holder: Open, level: OplockLevel) -> None:
+        """The notification: unsigned, MessageId all ones, no session or tree in the header
+        (encrypted for the holder's session when that session encrypts)."""
+        header = Header(
+            command=Command.OPLOCK_BREAK,
+            flags=Flags.SERVER_TO_REDIR,
+            message_id=NOTIFICATION_MESSAGE_ID,
+        )
+        body = OplockBreak(24, level, 0, 0, holder.file_id).to_bytes()
+        session = holder.session
+        encrypt = session.encrypt_data or holder.tree.share.encrypt
+        self._send(header.to_bytes() + body, session if encrypt else None)
+
+    def _oplock_break_ack(
+        self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree
+    ) -> _Reply:
+        ack = OplockBreak.parse(message)
+        opened = self.server.opens.get(ack.file_id)
+        if opened is None or opened.session is not session or opened.tree is not tree:
+            return self._error(header, NTStatus.FILE_CLOSED, credits, session, tree_id=tree.tree_id)
+        target = opened.breaking_to
+        if target is None:
+            return self._error(
+                header, NTStatus.INVALID_OPLOCK_PROTOCOL, credits, session, tree_id=tree.tree_id
+            )
+        if ack.oplock_level not in (OplockLevel.NONE, OplockLevel.LEVEL_II) or ack.oplock_level > target:
+            # An acknowledgment to a level higher than the break's ends the oplock.
+            self.server.acknowledge(opened, OplockLevel.NONE)
+            return self._error(
+                header, NTStatus.INVALID_OPLOCK_PROTOCOL, credits, session, tree_id=tree.tree_id
+            )
+        level = OplockLevel(ack.oplock_level)
+        self.server.acknowledge(opened, level)
+        body = OplockBreak(24, level, 0, 0, opened.file_id).to_bytes()
+        return self._ok(header, body, credits, session, tree_id=tree.tree_id)
 
     # -- IOCTL (MS-SMB2 3.3.5.15) -----------------------------------------------------------------
 
