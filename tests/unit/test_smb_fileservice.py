@@ -14,6 +14,7 @@ from smbcore.fileops import (
     LockRequest,
     QueryDirectoryRequest,
     ReadRequest,
+    WriteRequest,
 )
 from smbcore.fileservice import FsFileService, OpenFile
 from smbcore.header import Command
@@ -76,6 +77,44 @@ def test_byte_range_locks(service: tuple[FsFileService, Share, Path]) -> None:
     svc.release(b)
     assert lock(svc, share, a, (50, 10, ex)) == NTStatus.SUCCESS
     svc.release(a)
+
+
+def read(svc: FsFileService, share: Share, opened: OpenFile, offset: int, length: int) -> int:
+    request = ReadRequest(length=length, offset=offset, file_id=FID)
+    return svc.run_sync(op(Command.READ, request, share, opened))[0].status
+
+
+def write(svc: FsFileService, share: Share, opened: OpenFile, offset: int, data: bytes) -> int:
+    request = WriteRequest(offset, FID, memoryview(data))
+    return svc.run_sync(op(Command.WRITE, request, share, opened))[0].status
+
+
+def test_io_honours_byte_range_locks(service: tuple[FsFileService, Share, Path]) -> None:
+    """MS-FSA 2.1.4.10: another open's exclusive lock blocks reads and writes; a shared lock
+    blocks writes, the holder's own too; the holder's exclusive lock lets its own I/O pass."""
+    svc, share, root = service
+    (root / "f.bin").write_bytes(bytes(200))
+    a = open_file(svc, share, "f.bin", disposition=1)
+    b = open_file(svc, share, "f.bin", disposition=1)
+    ex, sh = LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY, LockFlags.SHARED | LockFlags.FAIL_IMMEDIATELY
+    assert lock(svc, share, a, (0, 100, ex)) == NTStatus.SUCCESS
+    assert read(svc, share, a, 0, 10) == NTStatus.SUCCESS
+    assert write(svc, share, a, 0, b"x") == NTStatus.SUCCESS
+    assert read(svc, share, b, 99, 2) == NTStatus.FILE_LOCK_CONFLICT
+    assert write(svc, share, b, 50, b"y") == NTStatus.FILE_LOCK_CONFLICT
+    assert read(svc, share, b, 100, 10) == NTStatus.SUCCESS  # just past the range
+    assert write(svc, share, b, 100, b"z") == NTStatus.SUCCESS
+    assert read(svc, share, b, 50, 0) == NTStatus.SUCCESS  # zero length never conflicts
+    assert write(svc, share, b, 50, b"") == NTStatus.SUCCESS
+    assert lock(svc, share, b, (150, 10, sh)) == NTStatus.SUCCESS
+    assert read(svc, share, a, 150, 10) == NTStatus.SUCCESS
+    assert read(svc, share, b, 150, 10) == NTStatus.SUCCESS
+    assert write(svc, share, a, 155, b"w") == NTStatus.FILE_LOCK_CONFLICT
+    assert write(svc, share, b, 155, b"w") == NTStatus.FILE_LOCK_CONFLICT
+    assert (root / "f.bin").read_bytes()[:1] == b"x" and (root / "f.bin").read_bytes()[50] == 0
+    svc.release(a)  # closing drops a's locks
+    assert write(svc, share, b, 50, b"y") == NTStatus.SUCCESS
+    svc.release(b)
 
 
 def test_read_past_end_and_listing_in_pieces(service: tuple[FsFileService, Share, Path]) -> None:

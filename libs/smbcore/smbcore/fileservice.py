@@ -78,6 +78,7 @@ class OpenFile:
     listing: list[tuple[str, FileStat]] | None = None
     position: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    lock_key: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,9 @@ class ByteRangeLocks:
 
     @staticmethod
     def _key(opened: OpenFile) -> tuple[int, int]:
-        return (id(opened.handle.share), opened.handle.stat().file_index)
+        if opened.lock_key is None:  # the file an open names never changes: stat it once
+            opened.lock_key = (id(opened.handle.share), opened.handle.stat().file_index)
+        return opened.lock_key
 
     def apply(self, opened: OpenFile, request: LockRequest) -> tuple[int, bytes]:
         key = self._key(opened)
@@ -147,6 +150,25 @@ class ByteRangeLocks:
                 ranges.append(lock)
                 granted.append(lock)
             return NTStatus.SUCCESS, EMPTY4
+
+    def io_conflicts(self, opened: OpenFile, offset: int, length: int, *, write: bool) -> bool:
+        """Does I/O by ``opened`` on ``length`` bytes at ``offset`` meet a lock (MS-FSA 2.1.4.10,
+        used by READ 2.1.5.2 and WRITE 2.1.5.3)? Another open's exclusive lock blocks reads and
+        writes; a shared lock blocks writes, its holder's own included (a shared lock promises
+        every holder that the bytes stay as they are). The holder's own exclusive lock never
+        blocks its I/O. Zero-length I/O never conflicts."""
+        if length == 0 or not self._ranges:  # no lock anywhere: no fstat, no guard
+            return False
+        key = self._key(opened)
+        with self._guard:
+            for r in self._ranges.get(key, ()):
+                if not r.overlaps(offset, length):
+                    continue
+                if r.exclusive and r.owner is not opened:
+                    return True
+                if not r.exclusive and write:
+                    return True
+            return False
 
     def release(self, opened: OpenFile) -> None:
         """Drop every lock of an open that is closing."""
@@ -221,6 +243,8 @@ class FsFileService:
         handle = opened.handle
         if isinstance(request, ReadRequest):
             # Read straight into the response body: one buffer, no intermediate copy.
+            if self._locks.io_conflicts(opened, request.offset, request.length, write=False):
+                return NTStatus.FILE_LOCK_CONFLICT, b""
             head = READ_RESPONSE_HEAD_SIZE
             body = bytearray(head + request.length)
             got = handle.readinto(memoryview(body)[head:], request.offset)
@@ -234,6 +258,8 @@ class FsFileService:
             offset = request.offset
             if offset + len(request.data) > MAX_FILE_OFFSET:
                 return NTStatus.INVALID_PARAMETER, b""
+            if self._locks.io_conflicts(opened, offset, len(request.data), write=True):
+                return NTStatus.FILE_LOCK_CONFLICT, b""
             written = handle.pwrite(request.data, offset)
             handle.position = offset + written
             return NTStatus.SUCCESS, encode_write_response(written)
