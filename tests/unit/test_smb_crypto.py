@@ -886,8 +886,10 @@ def test_derive_session_keys_argument_checks() -> None:
         derive_session_keys(bytes(16), Dialect.SMB_3_0_2, cipher=CipherId.AES_128_GCM)
     with pytest.raises(ValueError, match="empty"):
         derive_session_keys(b"", Dialect.SMB_3_0)
-    with pytest.raises(ValueError, match="key derivation for dialect SMB_2_1"):
-        derive_session_keys(bytes(16), 0x0210)
+    with pytest.raises(ValueError, match="key derivation for dialect WILDCARD"):
+        derive_session_keys(bytes(16), 0x02FF)
+    keys = derive_session_keys(bytes(range(16)), 0x0210)  # 2.x signs with the session key itself
+    assert keys.signing_key == bytes(range(16)) and keys.client_to_server_key == b""
     with pytest.raises(SMBCryptoError, match="cipher id"):
         derive_session_keys(bytes(16), Dialect.SMB_3_1_1, preauth, 9)
 

@@ -33,7 +33,7 @@ from smbcore.negotiate import (
     SigningCapabilities,
 )
 from smbcore.ntstatus import NTStatus
-from smbcore.server import ServerConnection, ServerIdentity, Share
+from smbcore.server import ServerConnection, ServerIdentity, ServerPolicy, Share
 
 GUID = bytes(range(16))
 INTERFACES = [
@@ -98,9 +98,12 @@ class MiniClient:
             self.cipher = cipher.ciphers[0] if isinstance(cipher, EncryptionCapabilities) else None
             algorithm = response.context(SigningCapabilities)
             self.algorithm = algorithm.algorithms[0] if isinstance(algorithm, SigningCapabilities) else 1
-        else:
+        elif self.dialect >= Dialect.SMB_3_0:
             self.cipher = crypto.CipherId.AES_128_CCM
             self.algorithm = crypto.SigningAlgorithm.AES_CMAC
+        else:
+            self.cipher = None
+            self.algorithm = crypto.SigningAlgorithm.HMAC_SHA256
         return response
 
     def login(self, user: str, password: str) -> tuple[Header, bytes]:
@@ -148,7 +151,9 @@ def make_server(users: UserDatabase, **kwargs: object) -> ServerConnection:
     )
 
 
-@pytest.mark.parametrize("dialects", [(0x0311,), (0x0302,), (0x0300,), (0x0202, 0x0210, 0x0300)])
+@pytest.mark.parametrize(
+    "dialects", [(0x0311,), (0x0302,), (0x0300,), (0x0202, 0x0210, 0x0300), (0x0210,), (0x0202,)]
+)
 def test_login_signing_and_keys_agree(users: UserDatabase, dialects: tuple[int, ...]) -> None:
     client = MiniClient(make_server(users))
     client.negotiate(dialects)
@@ -177,7 +182,19 @@ def test_wrong_password_and_no_common_dialect(users: UserDatabase) -> None:
     header, _ = client.login("alice", "nope")
     assert header.status == NTStatus.LOGON_FAILURE
     with pytest.raises(RemoteProtocolError, match="no common dialect"):
-        MiniClient(make_server(users)).negotiate((0x0202, 0x0210))
+        MiniClient(make_server(users, policy=ServerPolicy(min_dialect=0x0300))).negotiate((0x0202, 0x0210))
+
+
+def test_smb2_dialects_have_no_encryption_and_small_io_on_2_0_2(users: UserDatabase) -> None:
+    response = MiniClient(make_server(users)).negotiate((0x0202,))
+    assert response.dialect == 0x0202 and response.max_read_size == 65536
+    assert not response.capabilities & (Capabilities.ENCRYPTION | Capabilities.MULTI_CHANNEL)
+    response = MiniClient(make_server(users)).negotiate((0x0210,))
+    assert response.capabilities & Capabilities.LARGE_MTU and response.max_read_size == 8 << 20
+    client = MiniClient(make_server(users, policy=ServerPolicy(encrypt_all=True)))
+    client.negotiate((0x0210,))
+    header, _ = client.login("alice", "Pa55-word!")
+    assert header.status == NTStatus.ACCESS_DENIED  # encryption required, 2.1 cannot
 
 
 def test_tree_connect_and_ioctls(users: UserDatabase) -> None:
@@ -229,8 +246,6 @@ def test_credit_violations_end_the_connection(users: UserDatabase) -> None:
 
 
 def test_encrypted_session(users: UserDatabase) -> None:
-    from smbcore.server import ServerPolicy
-
     client = MiniClient(make_server(users, policy=ServerPolicy(encrypt_all=True)))
     client.negotiate()
     client.login("alice", "Pa55-word!")

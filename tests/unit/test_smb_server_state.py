@@ -392,3 +392,25 @@ def test_previous_session_id_ends_the_old_session(users: UserDatabase) -> None:
         token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
     assert header.status == NTStatus.SUCCESS
     assert old.session_id not in state.sessions and not state.opens
+
+
+def test_binding_on_an_smb2_connection_is_not_accepted(users: UserDatabase) -> None:
+    state = ServerState()
+    first = MiniClient(connection(state, users))
+    first.negotiate((0x0311,))
+    first.login("alice", PASSWORD)
+    old = MiniClient(connection(state, users))
+    old.negotiate((0x0210,))
+    assert bind(first, old).status == NTStatus.REQUEST_NOT_ACCEPTED
+
+
+def test_session_deleted_keeps_the_signed_flag(users: UserDatabase) -> None:
+    state = ServerState()
+    client = MiniClient(connection(state, users))
+    client.negotiate((0x0311,))
+    client.login("alice", PASSWORD)
+    assert client.send(Command.LOGOFF, EMPTY4, sign=True)[0].status == NTStatus.SUCCESS
+    header, _ = client.send(Command.ECHO, EMPTY4, sign=True)
+    assert header.status == NTStatus.USER_SESSION_DELETED and header.flags & Flags.SIGNED
+    header, _ = client.send(Command.ECHO, EMPTY4)
+    assert header.status == NTStatus.USER_SESSION_DELETED and not header.flags & Flags.SIGNED

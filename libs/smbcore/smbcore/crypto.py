@@ -23,7 +23,7 @@ import abc
 import enum
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeAlias
 
@@ -219,15 +219,30 @@ def derive_session_keys(
     For session binding derive with the binding's own session key and pre-auth hash and keep only
     ``signing_key`` (Channel.SigningKey); the cipher and application keys stay the first
     channel's (MS-SMB2 3.2.5.3.2, 3.3.5.5.3).
+
+    Dialects 2.0.2 and 2.1 derive nothing: they sign (HMAC-SHA256) with Session.SessionKey
+    itself, have no encryption (empty cipher keys) and use the session key as application key.
     """
     dialect = Dialect(dialect)
-    if dialect not in (Dialect.SMB_3_0, Dialect.SMB_3_0_2, Dialect.SMB_3_1_1):
-        raise ValueError(f"no SMB 3.x key derivation for dialect {dialect.name}")
+    if dialect not in (
+        Dialect.SMB_2_0_2,
+        Dialect.SMB_2_1,
+        Dialect.SMB_3_0,
+        Dialect.SMB_3_0_2,
+        Dialect.SMB_3_1_1,
+    ):
+        raise ValueError(f"no key derivation for dialect {dialect.name}")
     full_key = bytes(session_key)
     if not full_key:
         raise ValueError("empty session key")
     base_key = full_key[:16].ljust(16, b"\x00")  # Session.SessionKey
     cipher_id = None if cipher is None else _cipher_id(cipher)
+    if dialect in (Dialect.SMB_2_0_2, Dialect.SMB_2_1):
+        if preauth_hash is not None or cipher_id is not None:
+            raise ValueError(f"dialect {dialect.name} has neither pre-auth integrity nor encryption")
+        return SessionKeys(
+            signing_key=base_key, client_to_server_key=b"", server_to_client_key=b"", application_key=base_key
+        )
 
     if dialect in (Dialect.SMB_3_0, Dialect.SMB_3_0_2):
         if preauth_hash is not None:
@@ -332,8 +347,13 @@ class Signer(abc.ABC):
         return f"{type(self).__name__}(<key>)"
 
     @abc.abstractmethod
+    def _mac_pieces(self, header: memoryview, pieces: Iterable[BytesLike]) -> bytes:
+        """The 16-byte MAC of the concatenated ``pieces`` (the message with its Signature
+        field already replaced by zeros); ``header`` is the message's 64-byte header."""
+
     def _mac(self, message: memoryview) -> bytes:
         """The 16-byte MAC of ``message`` with its Signature field taken as zero."""
+        return self._mac_pieces(message, _mac_input(message))
 
     def sign(self, message: BytesLike) -> bytes:
         """Return the 16-byte signature of ``message`` (its Signature field is ignored).
@@ -374,6 +394,25 @@ class Signer(abc.ABC):
         received = bytes(view[SIGNATURE_OFFSET : SIGNATURE_OFFSET + SIGNATURE_SIZE])
         return constant_time.bytes_eq(self._mac(view), received)
 
+    def sign_parts_in_place(self, head: bytearray | memoryview, tail: BytesLike) -> bytes:
+        """Sign the message ``head + tail`` without joining them; return the signature.
+
+        ``head`` is writable and holds at least the 64-byte header (a WRITE's header and fixed
+        body); ``tail`` is the rest (its data, a ``memoryview`` of the caller's buffer), which is
+        neither copied nor modified. Like :meth:`sign_in_place`, this sets SMB2_FLAGS_SIGNED and
+        writes the signature into ``head``.
+        """
+        view = memoryview(head)
+        if view.readonly:
+            raise ValueError("sign_parts_in_place needs a writable head")
+        if len(view) < SMB2_HEADER_SIZE:
+            raise ValueError(f"the head must hold the {SMB2_HEADER_SIZE}-byte header, not {len(view)} bytes")
+        (flags,) = _FLAGS.unpack_from(view, _FLAGS_OFFSET)
+        _FLAGS.pack_into(view, _FLAGS_OFFSET, flags | SMB2_FLAGS_SIGNED)
+        signature = self._mac_pieces(view, (*_mac_input(view), tail))
+        view[SIGNATURE_OFFSET : SIGNATURE_OFFSET + SIGNATURE_SIZE] = signature
+        return signature
+
 
 def _mac_input(message: memoryview) -> tuple[memoryview, bytes, memoryview]:
     """The three pieces a MAC runs over: header before the Signature, 16 zeros, the rest."""
@@ -391,9 +430,9 @@ class HmacSha256Signer(Signer):
 
     algorithm = SigningAlgorithm.HMAC_SHA256
 
-    def _mac(self, message: memoryview) -> bytes:
+    def _mac_pieces(self, header: memoryview, pieces: Iterable[BytesLike]) -> bytes:
         mac = hmac.HMAC(self._key, hashes.SHA256())
-        for piece in _mac_input(message):
+        for piece in pieces:
             mac.update(piece)
         return mac.finalize()[:SIGNATURE_SIZE]
 
@@ -405,9 +444,9 @@ class AesCmacSigner(Signer):
 
     algorithm = SigningAlgorithm.AES_CMAC
 
-    def _mac(self, message: memoryview) -> bytes:
+    def _mac_pieces(self, header: memoryview, pieces: Iterable[BytesLike]) -> bytes:
         mac = cmac.CMAC(algorithms.AES(self._key))
-        for piece in _mac_input(message):
+        for piece in pieces:
             # CMAC.update's stub says bytes, but like every other update it takes any buffer.
             mac.update(piece)  # type: ignore[arg-type]
         return mac.finalize()
@@ -437,9 +476,9 @@ class AesGmacSigner(Signer):
         role_bits = (1 if is_response else 0) | (2 if command == SMB2_CANCEL and not is_response else 0)
         return struct.pack("<QI", message_id, role_bits)
 
-    def _mac(self, message: memoryview) -> bytes:
-        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(self.nonce(message))).encryptor()
-        for piece in _mac_input(message):
+    def _mac_pieces(self, header: memoryview, pieces: Iterable[BytesLike]) -> bytes:
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(self.nonce(header))).encryptor()
+        for piece in pieces:
             encryptor.authenticate_additional_data(piece)
         encryptor.finalize()
         return encryptor.tag

@@ -110,7 +110,15 @@ from .oplocks import (
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_DIALECTS = (Dialect.SMB_3_1_1, Dialect.SMB_3_0_2, Dialect.SMB_3_0)
+SUPPORTED_DIALECTS = (
+    Dialect.SMB_3_1_1,
+    Dialect.SMB_3_0_2,
+    Dialect.SMB_3_0,
+    Dialect.SMB_2_1,
+    Dialect.SMB_2_0_2,
+)
+#: SMB 2.0.2 has no multi-credit requests: reads, writes and transactions stop at 64 KiB.
+SMB_2_0_2_MAX_IO = 65536
 #: Ciphers in the server's order of preference (MS-SMB2 3.3.5.4: the server picks).
 CIPHER_PREFERENCE = (
     crypto.CipherId.AES_128_GCM,
@@ -164,6 +172,9 @@ class ServerPolicy:
     require_signing: bool = True
     encrypt_all: bool = False
     reject_unencrypted: bool = True  # when encryption applies, refuse plain requests
+    #: The lowest dialect accepted. 2.x has no encryption and no pre-auth integrity; it is
+    #: accepted by default as Windows and Samba do (raise it to Dialect.SMB_3_0 to refuse).
+    min_dialect: int = Dialect.SMB_2_0_2
 
 
 # -- state -----------------------------------------------------------------------------------
@@ -774,7 +785,7 @@ class ServerConnection:
             return self._ok(header, EMPTY4, credits, None)
         session = self.sessions.get(header.session_id)
         if session is None or session.state is not SessionState.VALID:
-            return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+            return self._session_deleted(header, credits)
         check = self._check_security(header, message, session, encrypted_for)
         if check is not None:
             return self._error(header, check, credits, session)
@@ -806,6 +817,14 @@ class ServerConnection:
             del session.trees[tree.tree_id]
             return self._ok(header, EMPTY4, credits, session, tree_id=tree.tree_id)
         return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
+
+    def _session_deleted(self, header: Header, credits: int) -> _Reply:
+        """STATUS_USER_SESSION_DELETED keeps the request's SIGNED flag, with no signature (there
+        is no key left to sign with): clients skip verifying this status but want the flag
+        before they believe it (as Windows and Samba answer)."""
+        reply = self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+        reply.sign = bool(header.flags & Flags.SIGNED)
+        return reply
 
     def _check_security(
         self, header: Header, message: memoryview, session: Session, encrypted_for: Session | None
@@ -897,7 +916,7 @@ class ServerConnection:
 
     def _negotiate(self, header: Header, message: memoryview, credits: int) -> _Reply | None:
         req = NegotiateRequest.decode(message)
-        common = [d for d in SUPPORTED_DIALECTS if d in req.dialects]
+        common = [d for d in SUPPORTED_DIALECTS if d in req.dialects and d >= self.policy.min_dialect]
         if not common:
             self.state = ConnState.CLOSED
             raise RemoteProtocolError(
@@ -910,7 +929,13 @@ class ServerConnection:
         self.client_security_mode = req.security_mode
         self.client_dialects = req.dialects
         contexts: list[PreauthIntegrity | EncryptionCapabilities | SigningCapabilities] = []
-        capabilities = Capabilities.LARGE_MTU | Capabilities.MULTI_CHANNEL
+        capabilities = Capabilities(0)
+        if dialect >= Dialect.SMB_2_1:
+            capabilities |= Capabilities.LARGE_MTU
+        if dialect >= Dialect.SMB_3_0:
+            capabilities |= Capabilities.MULTI_CHANNEL
+        else:
+            self.signing_algorithm = crypto.SigningAlgorithm.HMAC_SHA256
         if dialect == Dialect.SMB_3_1_1:
             preauth = req.context(PreauthIntegrity)
             if not isinstance(preauth, PreauthIntegrity) or 1 not in preauth.hash_algorithms:
@@ -929,7 +954,7 @@ class ServerConnection:
                     (a for a in SIGNING_PREFERENCE if a in sig.algorithms), crypto.SigningAlgorithm.AES_CMAC
                 )
                 contexts.append(SigningCapabilities((self.signing_algorithm,)))
-        elif req.capabilities & Capabilities.ENCRYPTION:
+        elif dialect >= Dialect.SMB_3_0 and req.capabilities & Capabilities.ENCRYPTION:
             self.cipher = crypto.CipherId.AES_128_CCM
             capabilities |= Capabilities.ENCRYPTION
         security_mode = SecurityMode.SIGNING_ENABLED | (
@@ -941,9 +966,9 @@ class ServerConnection:
             dialect=dialect,
             server_guid=self.identity.guid,
             capabilities=capabilities,
-            max_transact_size=self.limits.max_transact,
-            max_read_size=self.limits.max_read,
-            max_write_size=self.limits.max_write,
+            max_transact_size=self._io_limit(self.limits.max_transact),
+            max_read_size=self._io_limit(self.limits.max_read),
+            max_write_size=self._io_limit(self.limits.max_write),
             system_time=self._system_time(),
             server_start_time=self.identity.start_time,
             security_buffer=self._initial_token,
@@ -956,12 +981,17 @@ class ServerConnection:
             reply.preauth = self.preauth  # the response is hashed as sent
         return reply
 
+    def _io_limit(self, limit: int) -> int:
+        return min(limit, SMB_2_0_2_MAX_IO) if self.dialect == Dialect.SMB_2_0_2 else limit
+
     # -- SESSION_SETUP (MS-SMB2 3.3.5.5) ---------------------------------------------------------
 
     def _session_setup(
         self, header: Header, message: memoryview, credits: int, encrypted_for: Session | None
     ) -> _Reply:
         req = SessionSetupRequest.decode(message)
+        if self.dialect < Dialect.SMB_3_0 and self.policy.encrypt_all and self.policy.reject_unencrypted:
+            return self._error(header, NTStatus.ACCESS_DENIED, credits, None)  # 3.3.5.5 step 1
         if req.binding and header.session_id not in self.sessions:
             return self._bind(header, req, message, credits)
         if header.session_id == 0:
@@ -1076,7 +1106,7 @@ class ServerConnection:
     def _bind(self, header: Header, req: SessionSetupRequest, message: memoryview, credits: int) -> _Reply:
         session = self.server.sessions.get(header.session_id)
         if session is None:
-            return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+            return self._session_deleted(header, credits)
         binding = self._bindings.get(session.session_id)
         if binding is None:
             status = self._binding_refusal(header, message, session)
@@ -1150,6 +1180,8 @@ class ServerConnection:
         if not session.signer.verify(message):
             log.warning("bad signature on a binding request", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
+        if self.dialect < Dialect.SMB_3_0:
+            return NTStatus.REQUEST_NOT_ACCEPTED  # no Multichannel before 3.0 (as Windows answers)
         if self.dialect != session.dialect:
             return NTStatus.INVALID_PARAMETER
         if self.client_guid != session.client_guid:
@@ -1229,9 +1261,9 @@ class ServerConnection:
     def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
         """READ/WRITE within the negotiated sizes and paid for in credits (MS-SMB2 3.3.5.2.5)."""
         if isinstance(request, ReadRequest):
-            size, limit = request.length, self.limits.max_read
+            size, limit = request.length, self._io_limit(self.limits.max_read)
         elif isinstance(request, WriteRequest):
-            size, limit = request.length or len(request.data), self.limits.max_write
+            size, limit = request.length or len(request.data), self._io_limit(self.limits.max_write)
         else:
             return None
         if size > limit:
