@@ -223,8 +223,8 @@ def test_stream_information() -> None:
         (FileInfoClass.RENAME, NTStatus.INVALID_INFO_CLASS),  # set-only
         (FileInfoClass.DIRECTORY, NTStatus.INVALID_INFO_CLASS),  # enumeration-only
         (200, NTStatus.INVALID_INFO_CLASS),
-        (FileInfoClass.COMPRESSION, NTStatus.NOT_SUPPORTED),
-        (FileInfoClass.FULL_EA, NTStatus.NOT_SUPPORTED),
+        (FileInfoClass.PIPE, NTStatus.NOT_SUPPORTED),
+        (FileInfoClass.FULL_EA, NTStatus.NOT_SUPPORTED),  # the caller answers it from the EAs
     ],
 )
 def test_unknown_query_class(info_class: int, status: int) -> None:
@@ -342,7 +342,10 @@ def test_directory_classes_against_smbprotocol(info_class: int) -> None:
         if info_class in (FileInfoClass.ID_BOTH_DIRECTORY, FileInfoClass.ID_FULL_DIRECTORY):
             assert p["file_id"].get_value() == s.file_index
         if info_class in (FileInfoClass.BOTH_DIRECTORY, FileInfoClass.ID_BOTH_DIRECTORY):
-            assert p["short_name_length"].get_value() == 0
+            short = "" if name in (".", "..") or fi.is_8dot3(name) else fi.short_name(name)
+            length = p["short_name_length"].get_value()
+            assert length == len(short) * 2
+            assert p["short_name"].get_value()[:length].decode("utf-16-le") == short
     decoded = fi.decode_directory_entries(info_class, data)
     assert [d.name for d in decoded] == [n for n, _ in ENTRIES]
 
@@ -514,3 +517,93 @@ def test_basic_information_time_meanings() -> None:
     assert [info.new_time(t) for t in (0, -1, -2, T0)] == [None, None, None, T0]
     assert fi.DispositionInformation.decode(b"\x02").delete_pending is True
     assert fi.DispositionInformationEx(0x9).delete and not fi.DispositionInformationEx(0x8).delete
+
+
+# -- EAs, compression, short names, FileFsControlInformation -------------------------------------
+
+# Two EAs as FILE_FULL_EA_INFORMATION ([MS-FSCC] 2.4.15), laid out by hand: each entry on a
+# 4-byte boundary, the name NUL-terminated, the last NextEntryOffset 0.
+GOLDEN_EAS = bytes.fromhex(
+    "14000000 00 05 0600"
+    + b"EAONE\x00VALUE1".hex()  # 8 + 6 + 6 = 20: aligned already
+    + "00000000 80 08 0800"
+    + b"SECONDEA\x00ValueTwo".hex()
+)
+
+
+def test_full_ea_golden_bytes() -> None:
+    eas = [fi.FullEa("EAONE", b"VALUE1"), fi.FullEa("SECONDEA", b"ValueTwo", fi.FILE_NEED_EA)]
+    assert fi.encode_full_ea(eas) == (GOLDEN_EAS, 2)
+    assert fi.decode_full_ea(GOLDEN_EAS) == eas
+    assert fi.ea_size(eas) == len(GOLDEN_EAS)
+    assert fi.encode_full_ea(eas, 20) == (bytes(4) + GOLDEN_EAS[4:20], 1)  # the last entry ends the list
+    lower = bytearray(GOLDEN_EAS)
+    lower[8:13] = b"eaone"
+    assert fi.decode_full_ea(bytes(lower))[0].name == "EAONE"  # EA names are kept upper-cased
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (GOLDEN_EAS[:7], NTStatus.INFO_LENGTH_MISMATCH),
+        (GOLDEN_EAS[:12], NTStatus.INVALID_PARAMETER),  # value past the end
+        (GOLDEN_EAS[:13] + b"X" + GOLDEN_EAS[14:], fi.STATUS_INVALID_EA_NAME),  # no NUL after the name
+        (bytes.fromhex("00000000 00 03 0100") + b"a*b\x00v", fi.STATUS_INVALID_EA_NAME),
+        (bytes.fromhex("00000000 00 00 0100") + b"\x00v", fi.STATUS_INVALID_EA_NAME),  # empty name
+        (bytes.fromhex("04000000 00 01 0000") + b"a\x00", NTStatus.INVALID_PARAMETER),  # overlapping
+    ],
+)
+def test_full_ea_malformed(data: bytes, status: int) -> None:
+    with pytest.raises(RemoteProtocolError) as err:
+        fi.decode_full_ea(data)
+    assert err.value.status == status
+
+
+ea_names = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E).filter(lambda c: c not in '"*+,/:;<=>?[\\]|'),
+    min_size=1,
+    max_size=20,
+).map(str.upper)
+
+
+@given(
+    st.lists(st.builds(fi.FullEa, ea_names, st.binary(max_size=40), st.sampled_from([0, 0x80])), min_size=1)
+)
+def test_full_ea_round_trip(eas: list[fi.FullEa]) -> None:
+    data, count = fi.encode_full_ea(eas)
+    assert count == len(eas) and fi.decode_full_ea(data) == eas
+    assert fi.FullEaInformation.decode(fi.FullEaInformation(tuple(eas)).encode()).eas == tuple(eas)
+
+
+@given(st.binary(max_size=120))
+def test_full_ea_arbitrary_bytes(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        fi.decode_full_ea(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "is_83"),
+    [("A.TXT", True), ("readme.txt", True), ("12345678.123", True), ("z", True), ("123456789", False),
+     ("a.b.c", False), ("a.text", False), ("with space", False), (".hidden", False), ("ü.txt", False)],
+)  # fmt: skip
+def test_short_names(name: str, is_83: bool) -> None:
+    assert fi.is_8dot3(name) is is_83
+    short = fi.short_name(name)
+    assert fi.is_8dot3(short)
+    assert (short == name) is is_83
+    if not is_83:
+        assert "~" in short and short == fi.short_name(name)  # stable
+    assert fi.short_name("a long name.text").startswith("ALON~") and fi.short_name("x.html").endswith(".HTM")
+
+
+def test_compression_alternate_name_and_fs_control() -> None:
+    st_ = filestat(end_of_file=5000)
+    assert fi.encode_file_info(FileInfoClass.COMPRESSION, st_) == struct.pack("<q", 5000) + bytes(8)
+    alt = fi.encode_file_info(FileInfoClass.ALTERNATE_NAME, st_, OpenInfo("\\dir\\a long name.text"))
+    assert alt == fi.encode_name(fi.short_name("a long name.text"))
+    with pytest.raises(RemoteProtocolError) as err:
+        fi.encode_file_info(FileInfoClass.ALTERNATE_NAME, st_, OpenInfo("\\"))
+    assert err.value.status == NTStatus.OBJECT_NAME_NOT_FOUND
+    control = fi.encode_fs_info(FsInfoClass.CONTROL, VolumeInfo(4096, 10, 5, 5))
+    assert control == bytes(24) + b"\xff" * 16 + bytes(8)
+    assert fi.FS_INFO_MIN_SIZE[FsInfoClass.CONTROL] == 48 == len(control)

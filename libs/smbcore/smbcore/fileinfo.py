@@ -30,6 +30,7 @@ reference. Section 2.5 has kept its numbers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as statmod
 import struct
@@ -435,6 +436,73 @@ def encode_stream(st: FileStat) -> bytes:
     )
 
 
+def encode_compression(st: FileStat) -> bytes:
+    """[MS-FSCC] 2.4.9 FileCompressionInformation: nothing here is compressed, so
+    CompressedFileSize is the size and CompressionFormat COMPRESSION_FORMAT_NONE (0), every
+    shift 0, for files and directories alike."""
+    return _I64.pack(_clamp64(st.end_of_file)) + bytes(8)
+
+
+# -- short (8.3) names ([MS-FSCC] 2.1.5.2.1) -----------------------------------------------------
+
+#: Characters an 8.3 name may hold besides letters and digits.
+_SHORT_EXTRA = frozenset("!#$%&'()-@^_`{}~")
+
+
+def _short_chars(text: str) -> str:
+    return "".join(c for c in text.upper() if c.isascii() and (c.isalnum() or c in _SHORT_EXTRA))
+
+
+def is_8dot3(name: str) -> bool:
+    """Is ``name`` already a valid 8.3 name (case aside): 1-8 characters, optionally a dot and
+    1-3 more, every character one an 8.3 name allows?"""
+    base, dot, ext = name.partition(".")
+    if not base or len(base) > 8 or (dot and not 1 <= len(ext) <= 3) or "." in ext:
+        return False
+    return _short_chars(base) == base.upper() and _short_chars(ext) == ext.upper()
+
+
+def short_name(name: str) -> str:
+    """The 8.3 name reported for ``name``: the name itself when it is one (:func:`is_8dot3`),
+    otherwise up to four characters of it, ``~``, three characters of a hash of the whole
+    name, and up to three characters of its last extension (``LONGNAME.TEXT`` becomes like
+    ``LONG~K3Q.TEX``). Stable across restarts and servers, unique in a directory but for a
+    hash collision (46656 values per prefix); :mod:`smbcore.fs` opens a name by it."""
+    if is_8dot3(name):
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    digest = int.from_bytes(hashlib.blake2s(name.encode("utf-8", "surrogatepass"), digest_size=4).digest())
+    code = ""
+    for _ in range(3):
+        digest, digit = divmod(digest, 36)
+        code += "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[digit]
+    prefix = _short_chars(stem)[:4] or "_"
+    suffix = _short_chars(ext)[:3]
+    return f"{prefix}~{code}" + (f".{suffix}" if suffix else "")
+
+
+def encode_alternate_name(open_info: OpenInfo) -> bytes:
+    """[MS-FSCC] 2.4.5 FileAlternateNameInformation: the short name of the open's last
+    component. The share root has no name: STATUS_OBJECT_NAME_NOT_FOUND (as NTFS answers for
+    a name without a short form)."""
+    last = open_info.name.rpartition("\\")[2]
+    if not last:
+        raise RemoteProtocolError("the share root has no short name", NTStatus.OBJECT_NAME_NOT_FOUND)
+    return encode_name(short_name(last))
+
+
+#: What QUERY_INFO of a file class needs of the open's granted access ([MS-FSA] 2.1.5.11):
+#: STATUS_ACCESS_DENIED without it. Classes not listed need nothing.
+FILE_INFO_ACCESS: dict[int, int] = {
+    FileInfoClass.BASIC: AccessMask.FILE_READ_ATTRIBUTES,
+    FileInfoClass.ALL: AccessMask.FILE_READ_ATTRIBUTES,
+    FileInfoClass.NETWORK_OPEN: AccessMask.FILE_READ_ATTRIBUTES,
+    FileInfoClass.ATTRIBUTE_TAG: AccessMask.FILE_READ_ATTRIBUTES,
+    FileInfoClass.FULL_EA: AccessMask.FILE_READ_EA,
+}
+
 #: Fixed part of each QUERY_INFO file class: a smaller OutputBufferLength is INFO_LENGTH_MISMATCH.
 FILE_INFO_MIN_SIZE: dict[int, int] = {
     FileInfoClass.BASIC: 40,
@@ -451,15 +519,15 @@ FILE_INFO_MIN_SIZE: dict[int, int] = {
     FileInfoClass.STREAM: 32,
     FileInfoClass.NAME: 4,
     FileInfoClass.NORMALIZED_NAME: 4,
+    FileInfoClass.ALTERNATE_NAME: 8,  # BlockAlign(FieldOffset(FileName) + 2, 4) ([MS-FSA] 2.1.5.11.3)
+    FileInfoClass.COMPRESSION: 16,
 }
 
 #: Documented for query in [MS-FSCC] 2.4 but not served here: STATUS_NOT_SUPPORTED (MS-SMB2 3.3.5.20.1).
 _QUERY_NOT_SUPPORTED = frozenset(
     {
-        FileInfoClass.FULL_EA,
-        FileInfoClass.ALTERNATE_NAME,
+        FileInfoClass.FULL_EA,  # answered from the EAs by the caller (encode_full_ea)
         FileInfoClass.PIPE,
-        FileInfoClass.COMPRESSION,
         FileInfoClass.OBJECT_ID,
         FileInfoClass.QUOTA,
         FileInfoClass.REPARSE_POINT,
@@ -497,6 +565,10 @@ def encode_file_info(info_class: int, st: FileStat, open_info: OpenInfo | None =
         return encode_stream(st)
     if info_class == FileInfoClass.NAME:
         return encode_name(o.name)
+    if info_class == FileInfoClass.ALTERNATE_NAME:
+        return encode_alternate_name(o)
+    if info_class == FileInfoClass.COMPRESSION:
+        return encode_compression(st)
     if info_class == FileInfoClass.NORMALIZED_NAME:
         # Relative to the share, without the leading backslash; "" for the root (as Samba).
         return encode_name(o.name[1:] if o.name.startswith("\\") else o.name)
@@ -723,6 +795,119 @@ class ModeInformation:
         return cls(mode)
 
 
+# -- extended attributes ([MS-FSCC] 2.4.15) -----------------------------------------------------
+
+#: [MS-ERREF] 2.3.1 statuses of EA handling (not in :class:`~smbcore.ntstatus.NTStatus`).
+STATUS_INVALID_EA_NAME = 0x80000013
+STATUS_NO_EAS_ON_FILE = 0xC0000052
+STATUS_EA_TOO_LARGE = 0xC0000050
+STATUS_EAS_NOT_SUPPORTED = 0xC000004F
+FILE_NEED_EA = 0x80
+_FULL_EA_HEAD = struct.Struct("<IBBH")
+#: Characters an EA name may not hold ([MS-FSCC] 2.4.15: those invalid in file names, and
+#: the ASCII control characters).
+_EA_NAME_INVALID = frozenset('"*+,/:;<=>?[\\]|') | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+#: Most EAs one FILE_FULL_EA_INFORMATION list may hold before the decoder calls it abuse.
+MAX_EAS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class FullEa:
+    """One extended attribute: an ASCII name (1-255 bytes, compared case-insensitively and
+    kept upper-cased, as NTFS keeps them), a value of up to 65535 bytes, and Flags
+    (FILE_NEED_EA or 0). An empty value in a SET means "remove this EA"."""
+
+    name: str
+    value: bytes = b""
+    flags: int = 0
+
+    def entry(self) -> bytes:
+        name = self.name.encode("ascii")
+        return _FULL_EA_HEAD.pack(0, self.flags, len(name), len(self.value)) + name + b"\x00" + self.value
+
+
+def check_ea_name(name: str) -> str:
+    """``name`` upper-cased, or STATUS_INVALID_EA_NAME ([MS-FSA] 2.1.5.15 FileFullEaInformation)."""
+    if not name or len(name) > 255 or not name.isascii() or any(c in _EA_NAME_INVALID for c in name):
+        raise RemoteProtocolError(f"EA name {name!r}", STATUS_INVALID_EA_NAME)
+    return name.upper()
+
+
+def encode_full_ea(eas: Iterable[FullEa], max_bytes: int | None = None) -> tuple[bytes, int]:
+    """FILE_FULL_EA_INFORMATION entries, each starting on a 4-byte boundary, the last with
+    NextEntryOffset 0: as many of ``eas`` as fit in ``max_bytes`` (all when None). Returns
+    the bytes and how many EAs they hold."""
+    out = bytearray()
+    last = -1
+    count = 0
+    for ea in eas:
+        entry = ea.entry()
+        start = -(-len(out) // 4) * 4 if count else 0
+        if max_bytes is not None and start + len(entry) > max_bytes:
+            break
+        if count:
+            out += bytes(start - len(out))
+            _U32.pack_into(out, last, start - last)
+        out += entry
+        last = start
+        count += 1
+    return bytes(out), count
+
+
+def ea_size(eas: Iterable[FullEa]) -> int:
+    """FileEaInformation.EaSize: the length of the EAs as a FILE_FULL_EA_INFORMATION list
+    (0 when there are none), what a client allocates to read them all."""
+    return len(encode_full_ea(eas)[0])
+
+
+def decode_full_ea(buf: Buffer) -> list[FullEa]:
+    """A FILE_FULL_EA_INFORMATION list (SET_INFO FileFullEaInformation, the CREATE ``ExtA``
+    context). Bounds are checked before every read; a name that is not valid ASCII, or
+    whose terminating NUL is missing, is STATUS_INVALID_EA_NAME."""
+    eas: list[FullEa] = []
+    pos = 0
+    view = memoryview(buf)
+    while True:
+        if pos + _FULL_EA_HEAD.size > len(view):
+            raise _length_mismatch("FILE_FULL_EA_INFORMATION", pos + _FULL_EA_HEAD.size, len(view))
+        nxt, flags, name_len, value_len = _FULL_EA_HEAD.unpack_from(view, pos)
+        name_at = pos + _FULL_EA_HEAD.size
+        end = name_at + name_len + 1 + value_len
+        if end > len(view) or (nxt and pos + nxt < end):
+            raise RemoteProtocolError(
+                f"FILE_FULL_EA_INFORMATION entry at {pos} of {end - pos} bytes", NTStatus.INVALID_PARAMETER
+            )
+        if view[name_at + name_len] != 0:
+            raise RemoteProtocolError("EA name without its NUL", STATUS_INVALID_EA_NAME)
+        try:
+            name = bytes(view[name_at : name_at + name_len]).decode("ascii")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("EA name is not ASCII", STATUS_INVALID_EA_NAME) from None
+        eas.append(
+            FullEa(check_ea_name(name), bytes(view[name_at + name_len + 1 : end]), flags & FILE_NEED_EA)
+        )
+        if nxt == 0:
+            return eas
+        if len(eas) >= MAX_EAS:
+            raise RemoteProtocolError("too many EAs", NTStatus.INVALID_PARAMETER)
+        pos += nxt
+
+
+@dataclass(frozen=True, slots=True)
+class FullEaInformation:
+    """SET_INFO FileFullEaInformation ([MS-FSCC] 2.4.15): EAs to set, an empty value
+    removing one."""
+
+    eas: tuple[FullEa, ...]
+
+    def encode(self) -> bytes:
+        return encode_full_ea(self.eas)[0]
+
+    @classmethod
+    def decode(cls, buf: Buffer) -> FullEaInformation:
+        return cls(tuple(decode_full_ea(buf)))
+
+
 SetFileInfo = (
     BasicInformation
     | EndOfFileInformation
@@ -732,6 +917,7 @@ SetFileInfo = (
     | RenameInformation
     | PositionInformation
     | ModeInformation
+    | FullEaInformation
 )
 
 _SET_DECODERS: dict[int, Any] = {
@@ -743,13 +929,13 @@ _SET_DECODERS: dict[int, Any] = {
     FileInfoClass.RENAME: RenameInformation.decode,
     FileInfoClass.POSITION: PositionInformation.decode,
     FileInfoClass.MODE: ModeInformation.decode,
+    FileInfoClass.FULL_EA: FullEaInformation.decode,
 }
 
 #: Settable per [MS-FSCC] 2.4 but not here: STATUS_NOT_SUPPORTED (MS-SMB2 3.3.5.21.1).
 _SET_NOT_SUPPORTED = frozenset(
     {
         FileInfoClass.LINK,
-        FileInfoClass.FULL_EA,
         FileInfoClass.PIPE,
         FileInfoClass.OBJECT_ID,
         FileInfoClass.QUOTA,
@@ -788,6 +974,7 @@ class FsAttributes(IntFlag):
     NAMED_STREAMS = 0x00040000
     READ_ONLY_VOLUME = 0x00080000
     SUPPORTS_HARD_LINKS = 0x00400000
+    SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
 
 
 #: What a POSIX directory tree served by :mod:`smbcore.fs` honestly offers: names are matched
@@ -882,6 +1069,14 @@ def encode_fs_sector_size(v: VolumeInfo) -> bytes:
     return struct.pack("<IIIIIII", bps, bps, bps, bps, flags, 0, 0)
 
 
+def encode_fs_control(v: VolumeInfo) -> bytes:
+    """[MS-FSCC] 2.5.2 FileFsControlInformation: no content-indexing filter thresholds and no
+    quotas (FileSystemControlFlags 0, FILE_VC_QUOTA_NONE; the default threshold and limit -1,
+    "no limit")."""
+    del v
+    return struct.pack("<qqqqqII", 0, 0, 0, -1, -1, 0, 0)
+
+
 def encode_fs_object_id(v: VolumeInfo) -> bytes:
     """[MS-FSCC] 2.5.6 FileFsObjectIdInformation: ObjectId(16), ExtendedInfo(48) zero."""
     return (v.object_id + bytes(16))[:16] + bytes(48)
@@ -892,6 +1087,7 @@ FS_INFO_MIN_SIZE: dict[int, int] = {
     FsInfoClass.SIZE: 24,
     FsInfoClass.DEVICE: 8,
     FsInfoClass.ATTRIBUTE: 16,
+    FsInfoClass.CONTROL: 48,
     FsInfoClass.FULL_SIZE: 32,
     FsInfoClass.OBJECT_ID: 64,
     FsInfoClass.SECTOR_SIZE: 28,
@@ -902,6 +1098,7 @@ _FS_ENCODERS = {
     FsInfoClass.SIZE: encode_fs_size,
     FsInfoClass.DEVICE: encode_fs_device,
     FsInfoClass.ATTRIBUTE: encode_fs_attribute,
+    FsInfoClass.CONTROL: encode_fs_control,
     FsInfoClass.FULL_SIZE: encode_fs_full_size,
     FsInfoClass.OBJECT_ID: encode_fs_object_id,
     FsInfoClass.SECTOR_SIZE: encode_fs_sector_size,
@@ -937,9 +1134,18 @@ _NAMES_HEAD = struct.Struct("<III")
 SHORT_NAME_BYTES = 24
 
 
+def _short_field(text: str) -> bytes:
+    if text in (".", "..") or is_8dot3(text):
+        return bytes(1 + 1 + SHORT_NAME_BYTES)  # ShortNameLength, Reserved1, ShortName
+    short = short_name(text).encode("utf-16-le")
+    return bytes([len(short), 0]) + short + bytes(SHORT_NAME_BYTES - len(short))
+
+
 def _directory_entry(info_class: int, name: bytes, st: FileStat) -> bytearray:
     """One entry with NextEntryOffset 0 (patched when another follows). FileIndex is 0: its
-    position in the directory is not fixed (MS-FSCC: SHOULD be 0 then); no short names."""
+    position in the directory is not fixed (MS-FSCC: SHOULD be 0 then). The Both classes
+    carry the :func:`short_name` of a name that is not 8.3 already (empty for one that is,
+    and for ``.`` and ``..``, as NTFS)."""
     if info_class == FileInfoClass.NAMES:
         return bytearray(_NAMES_HEAD.pack(0, 0, len(name)) + name)
     out = bytearray(
@@ -954,9 +1160,9 @@ def _directory_entry(info_class: int, name: bytes, st: FileStat) -> bytearray:
     elif info_class == FileInfoClass.ID_FULL_DIRECTORY:
         out += _U32.pack(st.ea_size) + bytes(4) + file_id
     elif info_class == FileInfoClass.BOTH_DIRECTORY:
-        out += _U32.pack(st.ea_size) + bytes(2) + bytes(SHORT_NAME_BYTES)
+        out += _U32.pack(st.ea_size) + _short_field(name.decode("utf-16-le"))
     elif info_class == FileInfoClass.ID_BOTH_DIRECTORY:
-        out += _U32.pack(st.ea_size) + bytes(2) + bytes(SHORT_NAME_BYTES) + bytes(2) + file_id
+        out += _U32.pack(st.ea_size) + _short_field(name.decode("utf-16-le")) + bytes(2) + file_id
     out += name
     return out
 

@@ -17,19 +17,28 @@ from pathlib import Path
 
 from .errors import RemoteProtocolError
 from .fileinfo import (
+    FILE_INFO_ACCESS,
     FILE_INFO_MIN_SIZE,
     FS_INFO_MIN_SIZE,
+    STATUS_EAS_NOT_SUPPORTED,
+    STATUS_NO_EAS_ON_FILE,
+    FileInfoClass,
     FileStat,
+    FullEa,
+    check_ea_name,
+    decode_full_ea,
     decode_set_file_info,
     encode_directory_entries,
     encode_file_info,
     encode_fs_info,
+    encode_full_ea,
 )
 from .fileops import (
     CLOSE_FLAG_POSTQUERY_ATTRIB,
     READ_RESPONSE_HEAD_SIZE,
     SET_INFO_RESPONSE,
     CloseRequest,
+    CreateAction,
     CreateRequest,
     FileTimes,
     FlushRequest,
@@ -48,8 +57,9 @@ from .fileops import (
     encode_write_response,
 )
 from .fs import FsError, FsHandle, FsShare
-from .messages import EMPTY4
+from .messages import EMPTY4, encode_error
 from .ntstatus import NTStatus
+from .security import SecurityDescriptor, SecurityInformation
 from .server import FileOperation, FileRequest, FileResult, Share
 
 log = logging.getLogger(__name__)
@@ -227,8 +237,26 @@ class FsFileService:
 
     def _create(self, share: Share, req: CreateRequest) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         backend = self._backend(share)
+        # The EA and security descriptor contexts ([MS-SMB2] 2.2.13.2.1, 2.2.13.2.2) are
+        # checked before anything is created, and applied to a file this CREATE made.
+        eas: list[FullEa] = []
+        sd: SecurityDescriptor | None = None
+        for context in req.contexts:
+            if context.name == CONTEXT_EA:
+                eas = decode_full_ea(context.data)
+            elif context.name == CONTEXT_SECURITY:
+                sd = SecurityDescriptor.decode(context.data)
+        if eas and not backend.xattrs:
+            return FileResult(STATUS_EAS_NOT_SUPPORTED), None
         handle = backend.open(req.name, req.disposition, req.options, req.desired_access)
         try:
+            if handle.create_action != CreateAction.OPENED:
+                if eas:
+                    handle.set_eas(eas, check_access=False)
+                if sd is not None:
+                    info = SecurityInformation.DACL | SecurityInformation.GROUP
+                    handle.set_security(info if sd.owner is None else info | SecurityInformation.OWNER, sd,
+                                        check_access=False)  # fmt: skip
             times = file_times(handle.stat())
         except FsError:
             handle.close()
@@ -278,6 +306,10 @@ class FsFileService:
         if isinstance(request, QueryInfoRequest):
             return self._query_info(handle, request)
         if isinstance(request, SetInfoRequest):
+            if request.info_type == InfoType.SECURITY:
+                sd = SecurityDescriptor.decode(request.buffer)
+                handle.set_security(request.additional_information, sd)
+                return NTStatus.SUCCESS, SET_INFO_RESPONSE
             if request.info_type != InfoType.FILE:
                 return NTStatus.NOT_SUPPORTED, b""
             handle.set_info(decode_set_file_info(request.info_class, request.buffer))
@@ -308,7 +340,21 @@ class FsFileService:
             return NTStatus.SUCCESS, encode_output_buffer_response(data)
 
     def _query_info(self, handle: FsHandle, req: QueryInfoRequest) -> tuple[int, bytes]:
+        """MS-SMB2 3.3.5.20: a buffer below the class's fixed part is INFO_LENGTH_MISMATCH;
+        one the whole answer does not fit is BUFFER_OVERFLOW with what fits, except for a
+        security descriptor (BUFFER_TOO_SMALL, with the size needed as error data, 3.3.5.20.3)
+        and EAs (whole entries only, BUFFER_TOO_SMALL when not even one fits)."""
+        if req.info_type == InfoType.SECURITY:
+            sd = handle.security_descriptor(req.additional_information).encode()
+            if len(sd) > req.output_length:
+                return NTStatus.BUFFER_TOO_SMALL, encode_error(len(sd).to_bytes(4, "little"))
+            return NTStatus.SUCCESS, encode_output_buffer_response(sd)
         if req.info_type == InfoType.FILE:
+            needed = FILE_INFO_ACCESS.get(req.info_class, 0)
+            if needed and not handle.granted_access & needed:
+                return NTStatus.ACCESS_DENIED, b""
+            if req.info_class == FileInfoClass.FULL_EA:
+                return self._query_eas(handle, req)
             data = encode_file_info(req.info_class, handle.stat(), handle.open_info())
             minimum = FILE_INFO_MIN_SIZE.get(req.info_class, 0)
         elif req.info_type == InfoType.FILESYSTEM:
@@ -321,3 +367,51 @@ class FsFileService:
         if len(data) > req.output_length:
             return NTStatus.BUFFER_OVERFLOW, encode_output_buffer_response(data[: req.output_length])
         return NTStatus.SUCCESS, encode_output_buffer_response(data)
+
+    @staticmethod
+    def _query_eas(handle: FsHandle, req: QueryInfoRequest) -> tuple[int, bytes]:
+        """FileFullEaInformation ([MS-FSA] 2.1.5.11.12): every EA, or those the input's
+        FILE_GET_EA_INFORMATION list names (one missing is answered with an empty value).
+        Each query starts from the first EA (no enumeration state is kept between queries)."""
+        eas = handle.list_eas()
+        if req.input:
+            by_name = {ea.name: ea for ea in eas}
+            eas = [by_name.get(name, FullEa(name)) for name in decode_get_ea_names(req.input)]
+        if not eas:
+            return STATUS_NO_EAS_ON_FILE, b""
+        data, count = encode_full_ea(eas, req.output_length)
+        if count == 0:
+            return NTStatus.BUFFER_TOO_SMALL, b""
+        status = NTStatus.SUCCESS if count == len(eas) else NTStatus.BUFFER_OVERFLOW
+        return status, encode_output_buffer_response(data)
+
+
+#: CREATE context names ([MS-SMB2] 2.2.13.2): extended attributes, a security descriptor.
+CONTEXT_EA = b"ExtA"
+CONTEXT_SECURITY = b"SecD"
+#: Most names one FILE_GET_EA_INFORMATION list may hold.
+MAX_GET_EA_NAMES = 4096
+
+
+def decode_get_ea_names(buf: bytes) -> list[str]:
+    """The names of a FILE_GET_EA_INFORMATION list ([MS-FSCC] 2.4.15.1): NextEntryOffset (4),
+    EaNameLength (1), EaName with its NUL. Bounds are checked before each read."""
+    names: list[str] = []
+    pos = 0
+    while True:
+        if pos + 5 > len(buf):
+            raise RemoteProtocolError(
+                f"FILE_GET_EA_INFORMATION at {pos} past the end", NTStatus.INVALID_PARAMETER
+            )
+        nxt = int.from_bytes(buf[pos : pos + 4], "little")
+        length = buf[pos + 4]
+        if pos + 5 + length > len(buf) or (nxt and nxt < 5 + length):
+            raise RemoteProtocolError(f"FILE_GET_EA_INFORMATION name at {pos}", NTStatus.INVALID_PARAMETER)
+        try:
+            name = buf[pos + 5 : pos + 5 + length].decode("ascii")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("EA name is not ASCII", NTStatus.INVALID_PARAMETER) from None
+        names.append(check_ea_name(name))
+        if nxt == 0 or len(names) >= MAX_GET_EA_NAMES:
+            return names
+        pos += nxt

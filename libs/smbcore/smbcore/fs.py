@@ -33,6 +33,25 @@ match case-insensitively, as on Windows.
 Sharing modes, oplocks/leases and the cross-open "delete pending" state belong to the
 server's open table, not here: a handle's delete-on-close is carried out when that handle
 closes.
+
+What POSIX does not keep is kept in ``user.`` extended attributes of the file, where the
+filesystem has them (the volume then says FILE_SUPPORTS_EXTENDED_ATTRIBUTES):
+
+* EAs: EA ``NAME`` (upper-cased, as NTFS keeps EA names) is the attribute ``user.NAME``.
+  Attributes with lower-case names are not EAs: ``user.ferry.*`` are this module's own, and
+  Samba's (``user.DOSATTRIB``, ``user.DosStream.*``, ``user.SAMBA_*``) are hidden too.
+* The creation time a client sets: ``user.ferry.creation_time`` (a FILETIME, 8 bytes LE);
+  without it a file reports the older of its mtime and ctime.
+* The security descriptor a client sets: ``user.ferry.security``, stored with the owner,
+  group and mode it was applied as; it is reported only while the file still has those
+  (a change through POSIX wins, and the descriptor is synthesized again; see
+  :mod:`smbcore.security`).
+
+A change time a client sets is kept in memory (POSIX cannot set ctime) and reported until
+the file's real ctime moves on, that is until the next change.
+
+Short names: :func:`smbcore.fileinfo.short_name` gives each name that is not 8.3 a stable
+short form; a path component that is not found is also looked up by that form.
 """
 
 from __future__ import annotations
@@ -44,11 +63,17 @@ import fcntl
 import logging
 import os
 import stat as statmod
+import struct
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import RemoteProtocolError
 from .fileinfo import (
+    POSIX_FS_ATTRIBUTES,
+    STATUS_EA_TOO_LARGE,
+    STATUS_EAS_NOT_SUPPORTED,
     AccessMask,
     AllocationInformation,
     BasicInformation,
@@ -58,17 +83,31 @@ from .fileinfo import (
     EndOfFileInformation,
     FileAttributes,
     FileStat,
+    FsAttributes,
+    FullEa,
+    FullEaInformation,
     ModeInformation,
     OpenInfo,
     PositionInformation,
     RenameInformation,
     SetFileInfo,
     VolumeInfo,
+    ea_size,
     filetime_to_unix_ns,
+    short_name,
     stat_to_filestat,
 )
 from .fileops import CreateAction, CreateDisposition, CreateOptions
 from .ntstatus import NTStatus
+from .security import (
+    SecurityDescriptor,
+    SecurityInformation,
+    mode_from_dacl,
+    posix_descriptor,
+    unix_group_sid,
+    unix_id,
+    unix_user_sid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +386,66 @@ class _Where:
             self.parent_fd = None
 
 
+def _by_short_name(dir_fd: int, name: str) -> str | None:
+    """The entry of a directory whose :func:`~smbcore.fileinfo.short_name` is ``name``
+    (compared case-insensitively), or None."""
+    want = name.upper()
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.name != name and short_name(entry.name).upper() == want:
+                    return entry.name
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 def _is_link(st: os.stat_result | None) -> bool:
     return st is not None and statmod.S_ISLNK(st.st_mode)
+
+
+# -- extended attributes ------------------------------------------------------------------------
+
+XATTR_USER = "user."
+XATTR_CREATION_TIME = "user.ferry.creation_time"
+XATTR_SECURITY = "user.ferry.security"
+#: ``user.`` attributes that are not EAs (lower-case: client EA names are upper-cased).
+_PRIVATE_XATTRS = ("user.ferry.", "user.DOSATTRIB", "user.DosStream.", "user.SAMBA_")
+_SD_SNAPSHOT = struct.Struct("<III")  # uid, gid, mode the stored descriptor was applied as
+_FILETIME = struct.Struct("<q")
+STATUS_INVALID_OWNER = 0xC000005A
+
+
+#: What the volume offers where it keeps extended attributes: EAs, and descriptors that are
+#: kept and enforced (through the permission bits).
+_XATTR_FS_ATTRIBUTES = FsAttributes.SUPPORTS_EXTENDED_ATTRIBUTES | FsAttributes.PERSISTENT_ACLS
+
+
+def _is_ea(xattr: str) -> bool:
+    return xattr.startswith(XATTR_USER) and not xattr.startswith(_PRIVATE_XATTRS)
+
+
+def _getxattr(target: int | str, name: str) -> bytes | None:
+    try:
+        if isinstance(target, int):
+            return os.getxattr(target, name)
+        return os.getxattr(target, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _stored_creation_time(target: int | str) -> int | None:
+    raw = _getxattr(target, XATTR_CREATION_TIME)
+    if raw is None or len(raw) != _FILETIME.size:
+        return None
+    (value,) = _FILETIME.unpack(raw)
+    return value if value > 0 else None
 
 
 class FsShare:
@@ -362,6 +459,10 @@ class FsShare:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise _os_error(exc, f"share root {self.root}") from None
+        self.xattrs = self._probe_xattrs()
+        # Change times clients set: (st_dev, st_ino) -> (FILETIME, st_ctime_ns when set).
+        self._change_times: dict[tuple[int, int], tuple[int, int]] = {}
+        self._change_guard = threading.Lock()
         # Absolute link targets count as inside when they start with the root's path.
         self._root_prefixes = {
             tuple(p for p in os.path.realpath(self.root).split("/") if p),
@@ -378,6 +479,35 @@ class FsShare:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _probe_xattrs(self) -> bool:
+        try:
+            os.listxattr(self._root_fd)
+        except OSError:
+            return False
+        return True
+
+    def _with_times(self, info: FileStat, st: os.stat_result, target: int | str | None) -> FileStat:
+        """``info`` with the creation time and change time clients set, where kept."""
+        creation = _stored_creation_time(target) if target is not None and self.xattrs else None
+        with self._change_guard:
+            kept = self._change_times.get((st.st_dev, st.st_ino))
+        change = kept[0] if kept is not None and kept[1] == st.st_ctime_ns else None
+        if creation is None and change is None:
+            return info
+        return dataclasses.replace(
+            info,
+            creation_time=info.creation_time if creation is None else creation,
+            change_time=info.change_time if change is None else change,
+        )
+
+    def _keep_change_time(self, st: os.stat_result, change: int | None) -> None:
+        with self._change_guard:
+            key = (st.st_dev, st.st_ino)
+            if change is not None:
+                self._change_times[key] = (change, st.st_ctime_ns)
+            elif key in self._change_times and self._change_times[key][1] != st.st_ctime_ns:
+                del self._change_times[key]
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -420,6 +550,10 @@ class FsShare:
                 try:
                     st = os.stat(name, dir_fd=here(), follow_symlinks=False)
                 except FileNotFoundError:
+                    long_name = _by_short_name(here(), name) if "~" in name else None
+                    if long_name is not None:
+                        pending.append(long_name)
+                        continue
                     if last:
                         return found(name, None)
                     raise FsError(NTStatus.OBJECT_PATH_NOT_FOUND, f"no directory {name!r}") from None
@@ -508,6 +642,7 @@ class FsShare:
             label=self.label,
             serial_number=(st.st_dev ^ st.st_ino) & 0xFFFFFFFF,
             read_only=self.read_only or bool(v.f_flag & os.ST_RDONLY),
+            fs_attributes=POSIX_FS_ATTRIBUTES | (_XATTR_FS_ATTRIBUTES if self.xattrs else 0),
         )
 
     # -- CREATE ([MS-SMB2] 3.3.5.9, [MS-FSA] 2.1.5.1) --------------------------------------------
@@ -791,8 +926,141 @@ class FsHandle:
             st = os.fstat(self._fd)
         except OSError as exc:
             raise _os_error(exc, "fstat") from None
-        info = stat_to_filestat(st, self._name)
+        info = self.share._with_times(stat_to_filestat(st, self._name), st, self._fd)
+        if self.share.xattrs:
+            info = dataclasses.replace(info, ea_size=ea_size(self.list_eas()))
         return dataclasses.replace(info, delete_pending=True) if self.delete_on_close else info
+
+    # -- extended attributes ([MS-FSA] 2.1.5.11.12, 2.1.5.15.5) --------------------------------
+
+    def list_eas(self) -> list[FullEa]:
+        """The file's EAs in name order (no access check: FileEaInformation needs none; the
+        caller checks FILE_READ_EA for FileFullEaInformation)."""
+        self._check_open()
+        if not self.share.xattrs:
+            return []
+        try:
+            names = sorted(n for n in os.listxattr(self._fd) if _is_ea(n))
+        except OSError as exc:
+            raise _os_error(exc, f"EAs of {self.smb_path!r}") from None
+        eas = []
+        for name in names:
+            value = _getxattr(self._fd, name)
+            if value:  # gone meanwhile, or empty (an EA always has a value)
+                eas.append(FullEa(name[len(XATTR_USER) :].upper(), value))
+        return eas
+
+    def set_eas(self, eas: Sequence[FullEa], *, check_access: bool = True) -> None:
+        """Set EAs; an empty value removes one (removing one that is not there is no error)."""
+        if check_access:
+            self._need(AccessMask.FILE_WRITE_EA, "set EAs")
+        self._check_open()
+        if not self.share.xattrs:
+            raise FsError(STATUS_EAS_NOT_SUPPORTED, "the share's filesystem keeps no extended attributes")
+        for ea in eas:
+            name = XATTR_USER + ea.name.upper()
+            try:
+                if ea.value:
+                    os.setxattr(self._fd, name, ea.value)
+                else:
+                    try:
+                        os.removexattr(self._fd, name)
+                    except OSError as exc:
+                        if exc.errno != errno.ENODATA:
+                            raise
+            except OSError as exc:
+                if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                    raise FsError(STATUS_EA_TOO_LARGE, f"EA {ea.name} of {len(ea.value)} bytes") from None
+                if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise FsError(STATUS_EAS_NOT_SUPPORTED, f"EAs on {self.smb_path!r}") from None
+                raise _os_error(exc, f"set EA {ea.name} of {self.smb_path!r}") from None
+
+    # -- security descriptors ([MS-FSA] 2.1.5.13, 2.1.5.16) -----------------------------------
+
+    def _current_descriptor(self, st: os.stat_result) -> SecurityDescriptor:
+        """The stored descriptor while the file still has the owner, group and mode it was
+        applied as; otherwise the one :func:`~smbcore.security.posix_descriptor` makes."""
+        raw = _getxattr(self._fd, XATTR_SECURITY) if self.share.xattrs else None
+        snapshot = (st.st_uid, st.st_gid, statmod.S_IMODE(st.st_mode))
+        if raw is not None and len(raw) > _SD_SNAPSHOT.size and _SD_SNAPSHOT.unpack_from(raw) == snapshot:
+            try:
+                return SecurityDescriptor.decode(memoryview(raw)[_SD_SNAPSHOT.size :])
+            except (RemoteProtocolError, ValueError) as exc:  # damaged: fall back to the mode
+                log.warning("ignoring the stored descriptor of %r: %s", self.smb_path, exc)
+        return posix_descriptor(st.st_uid, st.st_gid, statmod.S_IMODE(st.st_mode), self.is_directory)
+
+    def security_descriptor(self, info: int) -> SecurityDescriptor:
+        """The parts of the descriptor ``info`` (SECURITY_INFORMATION) asks for. The owner,
+        group, DACL and label need READ_CONTROL; the SACL needs ACCESS_SYSTEM_SECURITY,
+        which no open here has (STATUS_ACCESS_DENIED)."""
+        self._check_open()
+        if info & SecurityInformation.SACL and not self.granted_access & AccessMask.ACCESS_SYSTEM_SECURITY:
+            raise FsError(NTStatus.ACCESS_DENIED, "SACL without ACCESS_SYSTEM_SECURITY")
+        readable = SecurityInformation.OWNER | SecurityInformation.GROUP | SecurityInformation.DACL
+        if info & (readable | SecurityInformation.LABEL):
+            self._need(AccessMask.READ_CONTROL, "read security")
+        try:
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            raise _os_error(exc, "fstat") from None
+        return self._current_descriptor(st).select(info)
+
+    def set_security(self, info: int, sd: SecurityDescriptor, *, check_access: bool = True) -> None:
+        """Apply the parts of ``sd`` that ``info`` names ([MS-FSA] 2.1.5.16): a Unix-mapped owner
+        or group (``S-1-22-1-uid``, ``S-1-22-2-gid``) becomes the file's (fchown); a DACL
+        becomes its permission bits (:func:`~smbcore.security.mode_from_dacl`); the whole
+        descriptor is stored as the client gave it (see the module docstring). An owner SID
+        with no POSIX identity is STATUS_INVALID_OWNER; another group SID is stored only.
+        OWNER and GROUP need WRITE_OWNER, DACL WRITE_DAC, SACL ACCESS_SYSTEM_SECURITY."""
+        self._check_open()
+        want = SecurityInformation(info & 0xF)
+        if check_access:
+            if want & (SecurityInformation.OWNER | SecurityInformation.GROUP):
+                self._need(AccessMask.WRITE_OWNER, "set owner")
+            if want & SecurityInformation.DACL:
+                self._need(AccessMask.WRITE_DAC, "set DACL")
+            if (
+                want & SecurityInformation.SACL
+                and not self.granted_access & AccessMask.ACCESS_SYSTEM_SECURITY
+            ):
+                raise FsError(NTStatus.ACCESS_DENIED, "SACL without ACCESS_SYSTEM_SECURITY")
+        try:
+            st = os.fstat(self._fd)
+            current = self._current_descriptor(st)
+            owner = sd.owner if want & SecurityInformation.OWNER and sd.owner is not None else current.owner
+            group = sd.group if want & SecurityInformation.GROUP and sd.group is not None else current.group
+            uid = gid = -1
+            if owner is not None and owner != current.owner:
+                mapped = unix_id(owner)
+                if mapped is None or mapped[0] != "user":
+                    raise FsError(STATUS_INVALID_OWNER, f"owner {owner} has no POSIX identity")
+                uid = mapped[1]
+            if group is not None and group != current.group:
+                mapped = unix_id(group)
+                if mapped is not None and mapped[0] == "group":
+                    gid = mapped[1]
+            if (uid, gid) != (-1, -1):
+                os.fchown(self._fd, uid, gid)
+            dacl, null_dacl = current.dacl, current.null_dacl
+            if want & SecurityInformation.DACL:
+                dacl, null_dacl = sd.dacl, sd.null_dacl or sd.dacl is None
+                st = os.fstat(self._fd)
+                mode = mode_from_dacl(
+                    None if null_dacl else dacl, unix_user_sid(st.st_uid), unix_group_sid(st.st_gid)
+                )
+                new = (st.st_mode & 0o7000) | mode
+                if new != statmod.S_IMODE(st.st_mode):
+                    os.fchmod(self._fd, new)
+            stored = SecurityDescriptor(owner, group, dacl, None, current.control, null_dacl)
+            if self.share.xattrs:
+                st = os.fstat(self._fd)
+                snapshot = _SD_SNAPSHOT.pack(st.st_uid, st.st_gid, statmod.S_IMODE(st.st_mode))
+                try:
+                    os.setxattr(self._fd, XATTR_SECURITY, snapshot + stored.encode())
+                except OSError as exc:  # the mode is applied; only the exact descriptor is lost
+                    log.info("not storing the descriptor of %r: %s", self.smb_path, exc)
+        except OSError as exc:
+            raise _os_error(exc, f"set security of {self.smb_path!r}") from None
 
     def open_info(self) -> OpenInfo:
         """What the information classes report about this open (its name from the root)."""
@@ -900,24 +1168,34 @@ class FsHandle:
         last_write: int | None = None,
         change: int | None = None,
     ) -> None:
-        """Set times (FILETIMEs; None, 0, -1 and -2 leave a time alone). POSIX stores only the
-        last access and last write times; creation and change times are accepted and ignored."""
+        """Set times (FILETIMEs; None, 0, -1 and -2 leave a time alone). POSIX keeps the last
+        access and last write times; the creation time goes to an extended attribute (ignored
+        where there are none) and the change time is kept until the file next changes (see
+        the module docstring)."""
         self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set times")
-        del creation, change
         atime = last_access if last_access is not None and last_access > 0 else None
         mtime = last_write if last_write is not None and last_write > 0 else None
-        if atime is None and mtime is None:
+        btime = creation if creation is not None and creation > 0 else None
+        ctime = change if change is not None and change > 0 else None
+        if atime is None and mtime is None and btime is None and ctime is None:
             return
         try:
             st = os.fstat(self._fd)
-            os.utime(
-                self._fd,
-                ns=(
-                    st.st_atime_ns if atime is None else filetime_to_unix_ns(atime),
-                    st.st_mtime_ns if mtime is None else filetime_to_unix_ns(mtime),
-                ),
-            )
-        except OverflowError:
+            if atime is not None or mtime is not None:
+                os.utime(
+                    self._fd,
+                    ns=(
+                        st.st_atime_ns if atime is None else filetime_to_unix_ns(atime),
+                        st.st_mtime_ns if mtime is None else filetime_to_unix_ns(mtime),
+                    ),
+                )
+            if btime is not None and self.share.xattrs:
+                try:
+                    os.setxattr(self._fd, XATTR_CREATION_TIME, _FILETIME.pack(btime))
+                except OSError as exc:
+                    log.info("not keeping the creation time of %r: %s", self.smb_path, exc)
+            self.share._keep_change_time(os.fstat(self._fd), ctime)
+        except (OverflowError, struct.error):
             raise FsError(NTStatus.INVALID_PARAMETER, "time out of range") from None
         except OSError as exc:
             raise _os_error(exc, f"set times of {self.smb_path!r}") from None
@@ -1052,6 +1330,8 @@ class FsHandle:
         elif isinstance(info, ModeInformation):
             self._check_open()
             self.mode = (self.mode & CreateOptions.DELETE_ON_CLOSE) | info.mode
+        elif isinstance(info, FullEaInformation):
+            self.set_eas(info.eas)
 
     # -- directories -----------------------------------------------------------------------------
 
@@ -1085,7 +1365,8 @@ class FsHandle:
                             st = self.share._target_stat((*self._rel, name))
                         if st is None or not (statmod.S_ISREG(st.st_mode) or statmod.S_ISDIR(st.st_mode)):
                             continue
-                        entries.append((name, stat_to_filestat(st, name)))
+                        where = None if entry.is_symlink() else f"/proc/self/fd/{fd}/{name}"
+                        entries.append((name, self.share._with_times(stat_to_filestat(st, name), st, where)))
             finally:
                 os.close(fd)
         except OSError as exc:
