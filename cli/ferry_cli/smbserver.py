@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from ferry_hostnet import InterfaceOverride, parse_speed
@@ -20,6 +21,7 @@ from smbcore.auth import ServerAuthenticator, UserDatabase, UserDatabaseError
 from smbcore.fileservice import FsFileService
 from smbcore.ioctl import InterfaceCapability, NetworkInterfaceInfo
 from smbcore.messages import ShareType
+from smbcore.pipes import PipeService, ShareRouter
 from smbcore.server import ServerPolicy, Share
 
 from .common import CliError
@@ -43,7 +45,8 @@ def parse_share(value: str) -> Share:
     folder = Path(path)
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"share {name}: {path} is not a folder")
-    return Share(name, path=str(folder.resolve()), hidden=name.endswith("$"))
+    # Listed by srvsvc whatever the name (as Samba lists NAME$ shares; Windows clients hide them).
+    return Share(name, path=str(folder.resolve()))
 
 
 def parse_interface(value: str) -> NetworkInterfaceInfo:
@@ -88,6 +91,11 @@ def host_interfaces(overrides: dict[str, InterfaceOverride] | None = None) -> li
     return entries
 
 
+def netbios_name() -> str:
+    """This host's name as NetrServerGetInfo reports it (NetBIOS style: short, upper case)."""
+    return socket.gethostname().split(".")[0].upper()[:15] or "FERRY"
+
+
 async def serve(args: argparse.Namespace) -> int:
     try:
         users = UserDatabase(args.users)
@@ -96,7 +104,7 @@ async def serve(args: argparse.Namespace) -> int:
     if not users.users():
         raise CliError(f"{args.users} has no users; add one with `ferry smbserver user add`", 2)
     shares = {s.name: s for s in args.share}
-    shares["IPC$"] = Share("IPC$", ShareType.PIPE, hidden=True)
+    shares["IPC$"] = Share("IPC$", ShareType.PIPE)
     if args.encrypt:
         shares = {name: dataclasses.replace(s, encrypt=True) for name, s in shares.items()}
     interfaces = list(args.interface)
@@ -121,7 +129,10 @@ async def serve(args: argparse.Namespace) -> int:
         initial_token=ServerAuthenticator.initial_token(),
         policy=ServerPolicy(encrypt_all=args.encrypt),
         interfaces=lambda: list(interfaces),
-        files=FsFileService(),
+        files=ShareRouter(
+            disk=FsFileService(),
+            pipes=PipeService(lambda: list(shares.values()), server_name=netbios_name()),
+        ),
     )
     server = SMBServer(settings)
     host, port = args.listen

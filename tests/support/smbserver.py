@@ -15,6 +15,7 @@ from smbcore.auth import ServerAuthenticator, UserDatabase
 from smbcore.fileservice import FsFileService
 from smbcore.ioctl import NetworkInterfaceInfo
 from smbcore.messages import ShareType
+from smbcore.pipes import PipeService, ShareRouter
 from smbcore.server import ServerPolicy, Share
 
 USER = "alice"
@@ -53,13 +54,15 @@ def smb_server(
             "secret": Share("secret", encrypt=True, path=str(tmp / "secret")),
             "alice_only": Share("alice_only", users=frozenset({USER}), path=str(tmp / "alice_only")),
         }
+    table = shares  # the live share list: srvsvc lists what is in it at each call
+    pipes = PipeService(lambda: list(table.values()), server_name="FERRYTEST")
     settings = ServerSettings(
-        shares=shares,
+        shares=table,
         authenticator_factory=lambda: ServerAuthenticator(users),
         initial_token=ServerAuthenticator.initial_token(),
         policy=policy or ServerPolicy(),
         interfaces=lambda: list(interfaces or []),
-        files=FsFileService(),
+        files=ShareRouter(disk=FsFileService(), pipes=pipes),
     )
     loop = asyncio.new_event_loop()
     server = SMBServer(settings)
