@@ -273,6 +273,14 @@ def encode_close_response(flags: int, times: FileTimes | None) -> bytes:
     return head + (times.to_bytes() if times else bytes(FileTimes.SIZE))
 
 
+def decode_close_response(msg: Buffer) -> FileTimes | None:
+    """MS-SMB2 2.2.16 (for clients and tests): the attributes when POSTQUERY_ATTRIB was set, else None."""
+    head = read_bytes(msg, HEADER_SIZE, 8, "CLOSE response")
+    check_structure_size("CLOSE response", int.from_bytes(head[0:2], "little"), 60)
+    times = FileTimes.decode(msg, HEADER_SIZE + 8)
+    return times if int.from_bytes(head[2:4], "little") & CLOSE_FLAG_POSTQUERY_ATTRIB else None
+
+
 @structure
 @dataclass(frozen=True, slots=True)
 class FlushRequest(Structure):
@@ -409,6 +417,13 @@ class WriteRequest:
 def encode_write_response(count: int) -> bytes:
     """MS-SMB2 2.2.22"""
     return (17).to_bytes(2, "little") + bytes(2) + count.to_bytes(4, "little") + bytes(8)
+
+
+def decode_write_response(msg: Buffer) -> int:
+    """MS-SMB2 2.2.22 (for clients and tests): Count, the bytes written."""
+    head = read_bytes(msg, HEADER_SIZE, 8, "WRITE response")
+    check_structure_size("WRITE response", int.from_bytes(head[0:2], "little"), 17)
+    return int.from_bytes(head[4:8], "little")
 
 
 # -- QUERY_DIRECTORY (2.2.33, 2.2.34), QUERY_INFO (2.2.37, 2.2.38), SET_INFO (2.2.39, 2.2.40) ---
@@ -574,6 +589,12 @@ class SetInfoRequest:
 
 
 SET_INFO_RESPONSE = (2).to_bytes(2, "little")
+
+
+def decode_set_info_response(msg: Buffer) -> None:
+    """MS-SMB2 2.2.40 (for clients and tests): a StructureSize of 2 and nothing else."""
+    size = int.from_bytes(read_bytes(msg, HEADER_SIZE, 2, "SET_INFO response"), "little")
+    check_structure_size("SET_INFO response", size, 2)
 
 
 # -- LOCK (2.2.26, 2.2.27) --------------------------------------------------------------------

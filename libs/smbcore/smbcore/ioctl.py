@@ -137,6 +137,12 @@ class ValidateNegotiateInfo:
         )
         return cls(f.capabilities, f.guid, f.security_mode, dialects)
 
+    @classmethod
+    def decode_response(cls, data: Buffer) -> ValidateNegotiateInfo:
+        """2.2.32.6 (for the client): the field a request uses for DialectCount is the Dialect."""
+        f = _ValidateFixed.decode(data)
+        return cls(f.capabilities, f.guid, f.security_mode, (f.dialect_count,))
+
 
 # -- FSCTL_QUERY_NETWORK_INTERFACE_INFO ------------------------------------------------------
 

@@ -1,0 +1,1040 @@
+"""The asyncio client: :class:`SMBClient` is a thin shell around one
+:class:`~smbcore.client.ClientConnection` over Direct TCP.
+
+::
+
+    async with await SMBClient.connect("host", 445) as client:
+        session = await client.login("alice", "secret")
+        tree = await session.connect_tree("data")
+        async with await tree.open("dir/file.bin", "w") as f:
+            await f.write(0, payload)           # split into WRITEs of up to 8 MiB, all in flight
+        print(await tree.listdir("dir"))
+
+The shell owns the socket and nothing else. Reads go straight into the core's buffers
+(:class:`~smbcore.pdureader.PDUReader` and ``recv_into``); writes go out with ``sendmsg`` from
+the buffers the core produced, so a WRITE's data is sent from the caller's memory, never
+joined with its header (unless it must be encrypted). Every request has a waiter (a future)
+that the core's events resolve: a response, a timeout (:class:`SMBTimeoutError`), or the end
+of the connection, which fails every waiter with the same :class:`SMBConnectionError`.
+
+READ and WRITE of more than one request's worth are split into requests of up to the
+negotiated size, sent at once as far as the credits and the connection's byte window
+(:attr:`ClientConfig.window_bytes`) allow; :class:`ByteWindow` bounds the data in flight, so
+memory stays bounded whatever the file size. Streaming helpers (:class:`FileWriter`,
+:func:`copy_to_share`, :func:`copy_from_share`) live in :mod:`smbcore.transfer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from .auth import ClientAuthenticator
+from .client import (
+    ClientConfig,
+    ClientConnection,
+    CloseResult,
+    CompoundResponse,
+    InterimResponse,
+    Negotiated,
+    OutputBuffer,
+    ReadResult,
+    Request,
+    RequestTimedOut,
+    Response,
+    Session,
+    SessionEstablished,
+    SessionFailed,
+    TreeConnect,
+    WriteResult,
+)
+from .client_errors import (
+    ConnectionAborted,
+    ConnectionClosed,
+    ConnectionLost,
+    SMBConnectionError,
+    SMBStatusError,
+    SMBTimeoutError,
+    status_error,
+)
+from .errors import SMBProtocolError
+from .fileinfo import (
+    AccessMask,
+    DispositionInformation,
+    EndOfFileInformation,
+    FileAttributes,
+    FileInfoClass,
+    FileNetworkOpenInformation,
+    RenameInformation,
+    decode_directory_entries,
+    filetime_to_unix_ns,
+)
+from .fileops import (
+    CLOSE_FLAG_POSTQUERY_ATTRIB,
+    CloseRequest,
+    CreateDisposition,
+    CreateOptions,
+    CreateRequest,
+    CreateResponse,
+    FileTimes,
+    FlushRequest,
+    InfoType,
+    QueryDirectoryFlags,
+    QueryDirectoryRequest,
+    QueryInfoRequest,
+    SetInfoRequest,
+)
+from .framing import frame_header
+from .header import Command
+from .ioctl import NO_FILE_ID
+from .messages import EMPTY4
+from .ntstatus import NTStatus
+from .pdureader import MAX_FRAME, PDUReader
+from .wire import Buffer
+
+if TYPE_CHECKING:
+    from .transfer import FileWriter
+
+__all__ = [
+    "ByteWindow",
+    "DirEntry",
+    "FileInfo",
+    "SMBClient",
+    "SMBFile",
+    "SMBSession",
+    "SMBTree",
+]
+
+log = logging.getLogger(__name__)
+
+#: iovecs per ``sendmsg`` call (Linux's IOV_MAX is 1024).
+_MAX_IOVECS = 512
+#: QUERY_DIRECTORY output per request: one credit's worth.
+_DIRECTORY_OUTPUT = 64 * 1024
+
+FILE_READ = 0x00120089  # FILE_GENERIC_READ: data, attributes, EAs, READ_CONTROL, SYNCHRONIZE
+FILE_WRITE = 0x00120116  # FILE_GENERIC_WRITE: data, append, attributes, EAs, READ_CONTROL, SYNCHRONIZE
+SHARE_ALL = 0x00000007  # FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE
+_METADATA = AccessMask.FILE_READ_ATTRIBUTES | AccessMask.SYNCHRONIZE
+
+#: ``open()`` modes: (DesiredAccess, CreateDisposition), like Python's own.
+MODES: dict[str, tuple[int, CreateDisposition]] = {
+    "r": (FILE_READ, CreateDisposition.OPEN),
+    "r+": (FILE_READ | FILE_WRITE, CreateDisposition.OPEN),
+    "w": (FILE_READ | FILE_WRITE, CreateDisposition.OVERWRITE_IF),
+    "w+": (FILE_READ | FILE_WRITE, CreateDisposition.OVERWRITE_IF),
+    "x": (FILE_READ | FILE_WRITE, CreateDisposition.CREATE),
+    "a": (FILE_READ | FILE_WRITE, CreateDisposition.OPEN_IF),
+}
+
+
+def smb_path(path: str) -> str:
+    """``a/b/c`` or ``\\a\\b`` as the share-relative name CREATE wants (``a\\b\\c``)."""
+    return "\\".join(p for p in path.replace("/", "\\").split("\\") if p)
+
+
+# -- flow control ------------------------------------------------------------------------------
+
+
+class ByteWindow:
+    """A FIFO semaphore counted in bytes: how much READ/WRITE data may be in flight.
+
+    A request larger than the window takes the whole window (so it can still go, alone).
+    Waiters are served in order, so a large request is not starved by small ones.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("the window must be at least one byte")
+        self.size = size
+        self.free = size
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def try_acquire(self, n: int) -> int:
+        """Reserve ``n`` bytes (at most the window) if that needs no waiting; the amount or 0."""
+        n = min(n, self.size)
+        if self._waiters or self.free < n:
+            return 0
+        self.free -= n
+        return n
+
+    async def acquire(self, n: int) -> int:
+        """Reserve ``n`` bytes (at most the window), waiting for them; returns the amount."""
+        n = min(n, self.size)
+        got = self.try_acquire(n)
+        if got:
+            return got
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted as the waiter was cancelled: hand it on
+            else:
+                self._waiters.remove((n, future))
+                self._wake()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.free += n
+        if self.free > self.size:
+            raise ValueError("released more than was acquired")
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.free:
+            n, future = self._waiters.popleft()
+            if not future.done():
+                self.free -= n
+                future.set_result(None)
+
+
+# -- what the API returns ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a file's metadata says: sizes in bytes, times as FILETIME (100 ns since 1601)."""
+
+    size: int
+    allocation_size: int
+    attributes: int
+    creation_time: int
+    last_access_time: int
+    last_write_time: int
+    change_time: int
+
+    @property
+    def is_dir(self) -> bool:
+        return bool(self.attributes & FileAttributes.DIRECTORY)
+
+    @property
+    def mtime(self) -> float:
+        """The last write time in seconds since the Unix epoch."""
+        return filetime_to_unix_ns(self.last_write_time) / 1e9
+
+    @classmethod
+    def from_times(cls, t: FileTimes) -> FileInfo:
+        return cls(
+            t.end_of_file, t.allocation_size, t.file_attributes, t.creation_time, t.last_access_time,
+            t.last_write_time, t.change_time,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: str
+    info: FileInfo
+
+
+# -- the connection ----------------------------------------------------------------------------
+
+
+class SMBClient:
+    """One SMB connection (one channel) and its sessions; ``async with`` closes it.
+
+    Make one with :meth:`connect`. Every request made through it, from any task, shares the
+    connection's credits and byte window.
+    """
+
+    def __init__(self, sock: socket.socket, conn: ClientConnection, host: str, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.conn = conn
+        self.host, self.port = host, port
+        self.config = conn.config
+        self.window = ByteWindow(self.config.window_bytes)
+        self._waiters: dict[Request, asyncio.Future[Response]] = {}
+        self._sessions: dict[Session, asyncio.Future[Session]] = {}
+        self._negotiated: asyncio.Future[Negotiated] = self._loop.create_future()
+        self._negotiate_request: Request | None = None
+        self._sendq: collections.deque[memoryview] = collections.deque()
+        self._write_armed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._error: SMBConnectionError | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int = 445,
+        *,
+        config: ClientConfig | None = None,
+        server_name: str | None = None,
+        client_guid: bytes | None = None,
+    ) -> SMBClient:
+        """Open a TCP connection and NEGOTIATE; raises :class:`ConnectionLost` if the server
+        cannot be reached, :class:`SMBTimeoutError` if it does not answer in time."""
+        config = config or ClientConfig()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.connect_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                sock = await _open_socket(host, port)
+        except TimeoutError:
+            raise SMBTimeoutError(
+                f"no TCP connection to {host}:{port} in {config.connect_timeout} s"
+            ) from None
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        conn = ClientConnection(config, client_guid=client_guid, server_name=server_name or host)
+        client = cls(sock, conn, host, port)
+        client._reader = loop.create_task(client._read_loop(), name=f"smb-read-{host}:{port}")
+        client._negotiate_request = conn.start_negotiate(loop.time(), timeout=deadline - loop.time())
+        client._pump()
+        try:
+            await client._negotiated
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close the connection; requests still in flight fail with :class:`ConnectionClosed`."""
+        self._fail(ConnectionClosed("the client was closed"))
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def dialect(self) -> int:
+        return self.conn.dialect
+
+    @property
+    def max_read(self) -> int:
+        """Bytes per READ request: the negotiated size within the window."""
+        return min(self.conn.max_read, self.window.size)
+
+    @property
+    def max_write(self) -> int:
+        return min(self.conn.max_write, self.window.size)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def login(
+        self, user: str, password: str, domain: str = "", *, require_encryption: bool = False
+    ) -> SMBSession:
+        """Authenticate (NTLMv2 in SPNEGO) and return the session.
+
+        Raises :class:`~smbcore.client_errors.LogonFailure` for refused credentials and
+        :class:`~smbcore.client_errors.SecurityRequirementError` when encryption is required
+        but the server cannot encrypt. Requests of the session are signed, or encrypted when
+        the server or ``require_encryption`` asks for it.
+        """
+        self._check_open()
+        auth = ClientAuthenticator(user, password, domain, server_name=self.conn.server_name)
+        session = self.conn.start_session(
+            auth, self._loop.time(), require_encryption=require_encryption, user=user, domain=domain
+        )
+        future = self._loop.create_future()
+        self._sessions[session] = future
+        self._pump()
+        return SMBSession(self, await future)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def start(self, make: Callable[[float], Request]) -> asyncio.Future[Response]:
+        """Queue one request made by ``make(now)``; its future resolves to the final response."""
+        (future,) = self.start_many(lambda now: (make(now),))
+        return future
+
+    def start_many(self, make: Callable[[float], Sequence[Request]]) -> list[asyncio.Future[Response]]:
+        self._check_open()
+        requests = make(self._loop.time())
+        futures = []
+        for request in requests:
+            future: asyncio.Future[Response] = self._loop.create_future()
+            self._waiters[request] = future
+            futures.append(future)
+        self._pump()
+        return futures
+
+    async def call(self, make: Callable[[float], Request]) -> Response:
+        return await self.start(make)
+
+    async def echo(self) -> None:
+        """ECHO: a round trip that proves the connection is alive."""
+        response = await self.call(lambda now: self.conn.request(Command.ECHO, EMPTY4, session=None, now=now))
+        _check(response, "ECHO")
+
+    # -- the shell: socket, events, timers --------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise _copy(self._error)
+
+    def _pump(self) -> None:
+        """Hand the core's events to their waiters, send its output, arm its timer."""
+        conn = self.conn
+        for event in conn.events():
+            if isinstance(event, CompoundResponse):
+                for part in event.parts:
+                    if isinstance(part, Response):
+                        self._resolve(part)
+            elif isinstance(event, Response):
+                self._resolve(event)
+            elif isinstance(event, InterimResponse):
+                log.debug("interim response", extra={"command": event.request.command.name})
+            elif isinstance(event, RequestTimedOut):
+                self._timed_out(event.request)
+            elif isinstance(event, Negotiated):
+                if not self._negotiated.done():
+                    self._negotiated.set_result(event)
+            elif isinstance(event, SessionEstablished):
+                self._settle_session(event.session, None)
+            elif isinstance(event, SessionFailed):
+                self._settle_session(
+                    event.session, status_error(event.status, "SESSION_SETUP", event.session.user)
+                )
+        self._queue_output()
+        self._arm_timer()
+
+    def _resolve(self, response: Response) -> None:
+        future = self._waiters.pop(response.request, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    def _timed_out(self, request: Request) -> None:
+        if request is self._negotiate_request and not self._negotiated.done():
+            self._negotiated.set_exception(
+                SMBTimeoutError(f"no NEGOTIATE response from {self.host}:{self.port} in time")
+            )
+            return
+        future = self._waiters.pop(request, None)
+        if future is not None and not future.done():
+            future.set_exception(SMBTimeoutError(f"{request.command.name} got no response in time"))
+
+    def _settle_session(self, session: Session, error: Exception | None) -> None:
+        future = self._sessions.pop(session, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(session)
+        else:
+            future.set_exception(error)
+
+    def _queue_output(self) -> None:
+        out = self.conn.data_to_send()
+        if not out:
+            return
+        queue = self._sendq
+        for pieces in out:
+            views = [memoryview(p).cast("B") for p in pieces]
+            queue.append(memoryview(frame_header(sum(len(v) for v in views))))
+            queue.extend(views)
+        if not self._write_armed:
+            self._send_some()
+
+    def _send_some(self) -> None:
+        """Write as much of the queue as the socket takes now; wait for writability for the rest."""
+        queue, sock = self._sendq, self._sock
+        try:
+            while queue:
+                sent = sock.sendmsg(list(itertools.islice(queue, _MAX_IOVECS)))
+                while sent:
+                    first = queue[0]
+                    if sent >= len(first):
+                        sent -= len(first)
+                        queue.popleft()
+                    else:
+                        queue[0] = first[sent:]
+                        sent = 0
+        except (BlockingIOError, InterruptedError):
+            if not self._write_armed:
+                self._loop.add_writer(self._fd, self._send_some)
+                self._write_armed = True
+            return
+        except OSError as exc:
+            self._fail(ConnectionLost(f"sending to {self.host}:{self.port} failed: {exc.strerror or exc}"))
+            return
+        if self._write_armed:
+            self._loop.remove_writer(self._fd)
+            self._write_armed = False
+
+    def _arm_timer(self) -> None:
+        when = self.conn.get_timer()
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        if self._error is not None:
+            return
+        try:
+            self.conn.handle_timer(self._loop.time())
+        except SMBProtocolError as exc:
+            self._fail(_aborted(exc))
+            return
+        self._pump()
+
+    async def _read_loop(self) -> None:
+        loop, sock, conn = self._loop, self._sock, self.conn
+        reader = PDUReader(min(self.config.max_pdu + 1024, MAX_FRAME))
+        try:
+            while True:
+                n = await loop.sock_recv_into(sock, reader.get_buffer())
+                if n == 0:
+                    raise ConnectionLost(f"{self.host}:{self.port} closed the connection")
+                reader.buffer_updated(n)
+                while (pdu := reader.next_pdu()) is not None:
+                    conn.receive_pdu(pdu, loop.time())
+                    self._pump()
+        except asyncio.CancelledError:
+            raise
+        except SMBConnectionError as exc:
+            self._fail(exc)
+        except SMBProtocolError as exc:
+            self._pump()  # what the core produced before the error still counts
+            self._fail(_aborted(exc))
+        except OSError as exc:
+            self._fail(
+                ConnectionLost(f"receiving from {self.host}:{self.port} failed: {exc.strerror or exc}")
+            )
+        except Exception as exc:  # a bug: the connection cannot be trusted any more
+            log.exception("closing the SMB connection after an internal error")
+            self._fail(ConnectionAborted(f"internal error: {exc!r}"))
+
+    def _fail(self, error: SMBConnectionError) -> None:
+        """The connection is over: fail every waiter with (a copy of) ``error``, close the socket."""
+        if self._error is not None:
+            return
+        self._error = error
+        if error.__cause__ is None:
+            log.info("SMB connection ended", extra={"peer": f"{self.host}:{self.port}", "reason": str(error)})
+        dropped = self.conn.close()
+        self.conn.events()  # nothing more will be delivered
+        for request in dropped:
+            self._waiters.setdefault(request, self._loop.create_future())
+        waiters = list(self._waiters.values()) + list(self._sessions.values()) + [self._negotiated]
+        self._waiters.clear()
+        self._sessions.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(_copy(error))
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._write_armed:
+            self._loop.remove_writer(self._fd)
+            self._write_armed = False
+        self._sendq.clear()
+        self._sock.close()
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error
+
+
+def _releaser(window: ByteWindow, reserved: int) -> Callable[[asyncio.Future[Response]], None]:
+    """A done-callback giving ``reserved`` bytes back to ``window``."""
+    return lambda _: window.release(reserved)
+
+
+def _copy(error: SMBConnectionError) -> SMBConnectionError:
+    """A fresh exception per waiter (tracebacks are per raise), keeping the cause."""
+    copy = type(error)(error.message, error.status)
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+def _aborted(exc: SMBProtocolError) -> ConnectionAborted:
+    error = ConnectionAborted(f"the server broke the protocol: {exc}", exc.status)
+    error.__cause__ = exc
+    return error
+
+
+def _check(response: Response, command: str, path: str | None = None) -> Response:
+    """The response if it succeeded, else its status as an exception."""
+    if response.status != NTStatus.SUCCESS:
+        raise status_error(response.status, command, path)
+    return response
+
+
+# -- sessions and trees --------------------------------------------------------------------------
+
+
+class SMBSession:
+    """An authenticated session on a client."""
+
+    def __init__(self, client: SMBClient, session: Session) -> None:
+        self.client = client
+        self.session = session
+
+    @property
+    def session_id(self) -> int:
+        return self.session.session_id
+
+    @property
+    def encrypted(self) -> bool:
+        """Every request of the session is encrypted (the server or the caller asked)."""
+        return self.session.encrypted
+
+    @property
+    def user(self) -> str:
+        return self.session.user
+
+    async def connect_tree(self, share: str, *, require_encryption: bool = False) -> SMBTree:
+        """TREE_CONNECT; raises :class:`~smbcore.client_errors.BadNetworkName` for an unknown share.
+
+        On a 3.0 / 3.0.2 connection the first tree connect also validates the negotiation
+        (FSCTL_VALIDATE_NEGOTIATE_INFO); a mismatch ends the connection.
+        """
+        client, conn = self.client, self.client.conn
+        response = await client.call(
+            lambda now: conn.tree_connect(self.session, share, now, require_encryption=require_encryption)
+        )
+        tree = _check(response, "TREE_CONNECT", share).expect(TreeConnect)
+        validate = conn.validate_negotiate(tree, client._loop.time())
+        if validate is not None:
+            await client.start(lambda now: validate)
+        return SMBTree(self, tree)
+
+    async def logoff(self) -> None:
+        """LOGOFF: the session and its trees and opens end."""
+        conn = self.client.conn
+        response = await self.client.call(
+            lambda now: conn.request(Command.LOGOFF, EMPTY4, session=self.session, now=now)
+        )
+        _check(response, "LOGOFF")
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One request of a compound: command, body, payload sizes for the credit charge."""
+
+    command: Command
+    body: bytes
+    send_size: int = 0
+    recv_size: int = 0
+
+
+class SMBTree:
+    """A connected share. Paths are relative to the share, with ``/`` or ``\\``."""
+
+    def __init__(self, session: SMBSession, tree: TreeConnect) -> None:
+        self.session = session
+        self.client = session.client
+        self.tree = tree
+
+    @property
+    def encrypted(self) -> bool:
+        return self.session.encrypted or self.tree.encrypt_data or self.tree.require_encryption
+
+    async def open(
+        self,
+        path: str,
+        mode: str = "r",
+        *,
+        access: int | None = None,
+        disposition: int | None = None,
+        options: int = CreateOptions.NON_DIRECTORY_FILE,
+        share_access: int = SHARE_ALL,
+        attributes: int = 0,
+    ) -> SMBFile:
+        """Open (or create) a file: ``mode`` as Python's (``r``, ``r+``, ``w``, ``w+``, ``x``,
+        ``a``; binary always), or explicit ``access`` / ``disposition`` / ``options``."""
+        try:
+            mode_access, mode_disposition = MODES[mode.replace("b", "")]
+        except KeyError:
+            raise ValueError(f"unknown mode {mode!r}") from None
+        name = smb_path(path)
+        request = CreateRequest(
+            mode_access if access is None else access, attributes, share_access,
+            mode_disposition if disposition is None else disposition, options, name,
+        )  # fmt: skip
+        conn = self.client.conn
+        response = await self.client.call(
+            lambda now: conn.request(
+                Command.CREATE, request.encode(), session=self.session.session, tree=self.tree, now=now
+            )
+        )
+        created = _check(response, "CREATE", path).expect(CreateResponse)
+        return SMBFile(self, path, created)
+
+    async def _compound(self, ops: Sequence[_Op], path: str) -> list[Response]:
+        """Related requests in one compound; raises the first failure (CREATE's, or a later one's)."""
+        conn, session = self.client.conn, self.session.session
+        parts = [(op.command, op.body, op.send_size, op.recv_size) for op in ops]
+        futures = self.client.start_many(
+            lambda now: conn.compound(parts, session=session, tree=self.tree, now=now)
+        )
+        responses = await asyncio.gather(*futures)
+        for op, response in zip(ops, responses, strict=True):
+            _check(response, op.command.name, path)
+        return responses
+
+    @staticmethod
+    def _create(path: str, access: int, disposition: int, options: int) -> _Op:
+        request = CreateRequest(access, 0, SHARE_ALL, disposition, options, smb_path(path))
+        return _Op(Command.CREATE, request.encode())
+
+    @staticmethod
+    def _close(flags: int = 0) -> _Op:
+        return _Op(Command.CLOSE, CloseRequest(24, flags, 0, NO_FILE_ID).to_bytes())
+
+    @staticmethod
+    def _set_info(info_class: int, buffer: bytes) -> _Op:
+        body = SetInfoRequest(InfoType.FILE, info_class, NO_FILE_ID, buffer).encode()
+        return _Op(Command.SET_INFO, body, send_size=len(buffer))
+
+    async def stat(self, path: str) -> FileInfo:
+        """The metadata of ``path`` (a file or a directory)."""
+        create = self._create(path, _METADATA, CreateDisposition.OPEN, 0)
+        responses = await self._compound([create, self._close(CLOSE_FLAG_POSTQUERY_ATTRIB)], path)
+        closed = responses[1].expect(CloseResult).times
+        times = closed if closed is not None else responses[0].expect(CreateResponse).times
+        return FileInfo.from_times(times)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def mkdir(self, path: str) -> None:
+        create = self._create(path, _METADATA, CreateDisposition.CREATE, CreateOptions.DIRECTORY_FILE)
+        await self._compound([create, self._close()], path)
+
+    async def _delete(self, path: str, options: int) -> None:
+        """Open with DELETE access, set the delete disposition, close (MS-FSA: checked at the SET_INFO)."""
+        create = self._create(path, AccessMask.DELETE | _METADATA, CreateDisposition.OPEN, options)
+        disposition = self._set_info(FileInfoClass.DISPOSITION, DispositionInformation(True).encode())
+        await self._compound([create, disposition, self._close()], path)
+
+    async def remove(self, path: str) -> None:
+        """Delete a file (not a directory)."""
+        await self._delete(path, CreateOptions.NON_DIRECTORY_FILE)
+
+    async def rmdir(self, path: str) -> None:
+        """Delete an empty directory."""
+        await self._delete(path, CreateOptions.DIRECTORY_FILE)
+
+    async def rename(self, source: str, target: str, *, replace: bool = False) -> None:
+        """Rename or move ``source`` (a file or a directory) to ``target`` in the same share."""
+        create = self._create(source, AccessMask.DELETE | _METADATA, CreateDisposition.OPEN, 0)
+        info = self._set_info(FileInfoClass.RENAME, RenameInformation(replace, smb_path(target)).encode())
+        await self._compound([create, info, self._close()], source)
+
+    async def scandir(self, path: str = "", pattern: str = "*") -> list[DirEntry]:
+        """The entries of a directory (without ``.`` and ``..``), with their metadata."""
+        directory = await self.open(
+            path, access=AccessMask.FILE_READ_DATA | _METADATA, disposition=CreateDisposition.OPEN,
+            options=CreateOptions.DIRECTORY_FILE,
+        )  # fmt: skip
+        entries: list[DirEntry] = []
+        try:
+            flags: int = QueryDirectoryFlags.RESTART_SCANS
+            while True:
+                info_class = FileInfoClass.FULL_DIRECTORY
+                body = QueryDirectoryRequest(
+                    info_class, flags, directory.file_id, pattern, _DIRECTORY_OUTPUT
+                ).encode()
+                response = await directory._call(Command.QUERY_DIRECTORY, body, recv_size=_DIRECTORY_OUTPUT)
+                if response.status in (NTStatus.NO_MORE_FILES, NTStatus.NO_SUCH_FILE):
+                    break
+                output = _check(response, "QUERY_DIRECTORY", path).expect(OutputBuffer).data
+                if not output:
+                    break
+                for entry in decode_directory_entries(info_class, output):
+                    if entry.name not in (".", ".."):
+                        info = FileInfo(
+                            entry.end_of_file, entry.allocation_size, entry.attributes, entry.creation_time,
+                            entry.last_access_time, entry.last_write_time, entry.change_time,
+                        )  # fmt: skip
+                        entries.append(DirEntry(entry.name, info))
+                flags = 0
+        finally:
+            await directory.close()
+        return entries
+
+    async def listdir(self, path: str = "", pattern: str = "*") -> list[str]:
+        """The names in a directory, without ``.`` and ``..``."""
+        return [entry.name for entry in await self.scandir(path, pattern)]
+
+    async def disconnect(self) -> None:
+        conn = self.client.conn
+        response = await self.client.call(
+            lambda now: conn.request(
+                Command.TREE_DISCONNECT, EMPTY4, session=self.session.session, tree=self.tree, now=now
+            )
+        )
+        _check(response, "TREE_DISCONNECT", self.tree.share)
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+class SMBFile:
+    """An open file. Reads and writes take explicit offsets; many may be in flight at once."""
+
+    def __init__(self, tree: SMBTree, path: str, created: CreateResponse) -> None:
+        self.tree = tree
+        self.client = tree.client
+        self.path = path
+        self.file_id = created.file_id
+        self.create_action = created.create_action
+        self.info = FileInfo.from_times(created.times)
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        """The size CREATE reported (see :meth:`stat` for the current one)."""
+        return self.info.size
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.closed and not self.client.closed:
+            await self.close()
+
+    def _start(
+        self, command: Command, body: bytes, *, send_size: int = 0, recv_size: int = 0
+    ) -> asyncio.Future[Response]:
+        tree = self.tree
+        conn = self.client.conn
+        return self.client.start(
+            lambda now: conn.request(
+                command, body, session=tree.session.session, tree=tree.tree, send_size=send_size,
+                recv_size=recv_size, now=now,
+            )
+        )  # fmt: skip
+
+    async def _call(
+        self, command: Command, body: bytes, *, send_size: int = 0, recv_size: int = 0
+    ) -> Response:
+        return await self._start(command, body, send_size=send_size, recv_size=recv_size)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        response = await self._call(Command.CLOSE, CloseRequest(24, 0, 0, self.file_id).to_bytes())
+        _check(response, "CLOSE", self.path)
+
+    async def flush(self) -> None:
+        """FLUSH: the server writes what it holds of this file to stable storage."""
+        response = await self._call(Command.FLUSH, FlushRequest(24, 0, 0, self.file_id).to_bytes())
+        _check(response, "FLUSH", self.path)
+
+    async def query_info(self, info_class: int, output_length: int, info_type: int = InfoType.FILE) -> bytes:
+        body = QueryInfoRequest(info_type, info_class, output_length, self.file_id).encode()
+        response = await self._call(Command.QUERY_INFO, body, recv_size=output_length)
+        return _check(response, "QUERY_INFO", self.path).expect(OutputBuffer).data
+
+    async def set_info(self, info_class: int, buffer: bytes, info_type: int = InfoType.FILE) -> None:
+        body = SetInfoRequest(info_type, info_class, self.file_id, buffer).encode()
+        response = await self._call(Command.SET_INFO, body, send_size=len(buffer))
+        _check(response, "SET_INFO", self.path)
+
+    async def stat(self) -> FileInfo:
+        data = await self.query_info(FileInfoClass.NETWORK_OPEN, FileNetworkOpenInformation.SIZE)
+        t = FileNetworkOpenInformation.decode(data)
+        self.info = FileInfo(
+            t.end_of_file, t.allocation_size, t.file_attributes, t.creation_time, t.last_access_time,
+            t.last_write_time, t.change_time,
+        )  # fmt: skip
+        return self.info
+
+    async def truncate(self, size: int) -> None:
+        """Set the end of file (shorter cuts, longer extends with zeros)."""
+        await self.set_info(FileInfoClass.END_OF_FILE, EndOfFileInformation(size).encode())
+
+    # -- data: one request --------------------------------------------------------------------------
+
+    async def start_read(self, offset: int, length: int) -> tuple[asyncio.Future[Response], int]:
+        """Reserve window space, then send one READ of up to :attr:`SMBClient.max_read` bytes;
+        the caller releases the window (the second value) once done with the data."""
+        length = min(length, self.client.max_read)
+        reserved = await self.client.window.acquire(length)
+        return self._send_read(offset, length, reserved), reserved
+
+    def _send_read(self, offset: int, length: int, reserved: int) -> asyncio.Future[Response]:
+        client = self.client
+        try:
+            return client.start(
+                lambda now: client.conn.read(self.tree.tree, self.file_id, offset, length, now)
+            )
+        except BaseException:
+            client.window.release(reserved)
+            raise
+
+    async def start_write(self, offset: int, data: Buffer) -> asyncio.Future[Response]:
+        """Reserve window space, then send one WRITE of ``data`` (at most
+        :attr:`SMBClient.max_write` bytes); the window is released when the response comes.
+        ``data`` must not change until then."""
+        client = self.client
+        reserved = await client.window.acquire(len(memoryview(data)))
+        return self._send_write(offset, data, reserved)
+
+    def try_start_write(self, offset: int, data: Buffer) -> asyncio.Future[Response] | None:
+        """:meth:`start_write` if the window has room now, else None."""
+        reserved = self.client.window.try_acquire(len(memoryview(data)))
+        return self._send_write(offset, data, reserved) if reserved else None
+
+    def _send_write(self, offset: int, data: Buffer, reserved: int) -> asyncio.Future[Response]:
+        client = self.client
+        try:
+            future = client.start(
+                lambda now: client.conn.write(self.tree.tree, self.file_id, offset, data, now)
+            )
+        except BaseException:
+            client.window.release(reserved)
+            raise
+        future.add_done_callback(_releaser(client.window, reserved))
+        return future
+
+    def written(self, response: Response, expected: int) -> int:
+        """The byte count of a WRITE response, or its failure as an exception."""
+        count = _check(response, "WRITE", self.path).expect(WriteResult).count
+        if count != expected:
+            raise SMBStatusError(NTStatus.UNSUCCESSFUL, f"WRITE wrote {count} of {expected} bytes", self.path)
+        return count
+
+    def data_of(self, response: Response) -> memoryview | None:
+        """The data of a READ response; None at the end of the file."""
+        if response.status == NTStatus.END_OF_FILE:
+            return None
+        return _check(response, "READ", self.path).expect(ReadResult).data
+
+    # -- data: many requests -------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: Buffer) -> int:
+        """Write ``data`` at ``offset``: requests of up to :attr:`SMBClient.max_write` bytes,
+        as many in flight as the window allows. Returns the bytes written."""
+        view = memoryview(data).cast("B")
+        chunk = self.client.max_write
+        futures: list[tuple[asyncio.Future[Response], int]] = []
+        try:
+            for pos in range(0, len(view), chunk):
+                piece = view[pos : pos + chunk]
+                futures.append((await self.start_write(offset + pos, piece), len(piece)))
+        finally:
+            await asyncio.gather(*(f for f, _ in futures), return_exceptions=True)
+        return sum(self.written(f.result(), n) for f, n in futures)
+
+    async def chunks(
+        self, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[tuple[int, memoryview]]:
+        """``(offset, data)`` in file order, read ahead as far as the window allows; stops at the
+        end of the file. A chunk's window space is released when the loop asks for the next."""
+        client = self.client
+        end = offset + length if length is not None else None
+        pending: collections.deque[tuple[int, asyncio.Future[Response], int]] = collections.deque()
+        position = offset
+        eof = False
+        try:
+            while True:
+                while not eof and (end is None or position < end):
+                    want = client.max_read if end is None else min(client.max_read, end - position)
+                    if pending:
+                        reserved = client.window.try_acquire(want)
+                        if not reserved:
+                            break
+                        future = self._send_read(position, want, reserved)
+                    else:
+                        future, reserved = await self.start_read(position, want)
+                    pending.append((position, future, reserved))
+                    position += want
+                    if end is None and len(pending) * client.max_read >= client.window.size:
+                        break
+                if not pending:
+                    return
+                at, future, reserved = pending.popleft()
+                try:
+                    data = self.data_of(await future)
+                    if data is not None and len(data):
+                        yield at, data
+                    if data is None or len(data) < reserved:
+                        eof = True
+                        if end is None:
+                            end = at + (len(data) if data is not None else 0)
+                finally:
+                    client.window.release(reserved)
+                if eof:
+                    break
+        finally:
+            for _, future, reserved in pending:
+                future.add_done_callback(_releaser(client.window, reserved))
+
+    async def readinto(self, offset: int, buffer: Buffer) -> int:
+        """Fill ``buffer`` from ``offset``; returns the bytes read (fewer at the end of the file)."""
+        view = memoryview(buffer).cast("B")
+        got = 0
+        async for at, data in self.chunks(offset, len(view)):
+            view[at - offset : at - offset + len(data)] = data
+            got = at - offset + len(data)
+        return got
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (fewer at the end of the file)."""
+        parts = [data async for _, data in self.chunks(offset, length)]
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    def writer(
+        self,
+        offset: int = 0,
+        *,
+        buffer_size: int | None = None,
+        buffers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> FileWriter:
+        """A streaming writer from ``offset`` (see :class:`smbcore.transfer.FileWriter`)."""
+        from .transfer import FileWriter
+
+        return FileWriter(self, offset, buffer_size=buffer_size, buffers=buffers, progress=progress)
