@@ -168,7 +168,7 @@ class PipeService:
                 limits=self._limits,
             ),
         }
-        self._waits: dict[int, asyncio.Future[None]] = {}
+        self._waits: dict[int, list[asyncio.Future[None]]] = {}
 
     async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         request = op.request
@@ -202,13 +202,14 @@ class PipeService:
         if isinstance(handle, PipeInstance):
             handle.close()
 
-    def cancel(self, op_id: int) -> bool:
-        """End the wait of a READ or transceive (the client sent CANCEL); whether one waited."""
-        waiter = self._waits.pop(op_id, None)
-        if waiter is None or waiter.done():
-            return False
-        waiter.set_exception(Cancelled())
-        return True
+    def cancel(self, op_id: int) -> None:
+        """End the wait of a READ or transceive (the client sent CANCEL, or the connection is
+        gone): it answers STATUS_CANCELLED. An operation that is not waiting just finishes."""
+        # Op ids are numbered per connection while this service is server-wide: every wait with
+        # this id ends (a READ ended too early is answered STATUS_CANCELLED; the client retries).
+        for waiter in self._waits.pop(op_id, []):
+            if not waiter.done():
+                waiter.set_exception(Cancelled())
 
     def _create(self, request: CreateRequest) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         endpoint = self.endpoints.get(pipe_name(request.name))
@@ -224,17 +225,25 @@ class PipeService:
                 return STATUS_PIPE_BROKEN
             if pipe.rpc.closed:
                 return STATUS_PIPE_DISCONNECTED
-            waiter = asyncio.get_running_loop().create_future()
-            self._waits[op.op_id] = waiter
-            readable = asyncio.ensure_future(pipe.readable.wait())
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waits.setdefault(op.op_id, []).append(waiter)
+            readable: asyncio.Future[None] = asyncio.ensure_future(self._readable(pipe))
             try:
                 await asyncio.wait([readable, waiter], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 readable.cancel()
-                self._waits.pop(op.op_id, None)
+                waiters = self._waits.get(op.op_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waits.pop(op.op_id, None)
             if waiter.done():
                 waiter.result()  # raises Cancelled
         return None
+
+    @staticmethod
+    async def _readable(pipe: PipeInstance) -> None:
+        await pipe.readable.wait()
 
     async def _read(self, op: FileOperation, pipe: PipeInstance, req: ReadRequest) -> FileResult:
         failed = await self._wait_readable(op, pipe)
@@ -311,7 +320,10 @@ class ShareRouter:
         else:
             self.disk.release(handle)
 
-    def cancel(self, op_id: int) -> bool:
-        """Route a client's CANCEL: pipe reads wait and can be cancelled; disk operations finish."""
+    def cancel(self, op_id: int) -> None:
+        """A client's CANCEL (or a lost connection): op ids are unique per connection, so both
+        services are told; each stops the operation if it is one of its waiting ones."""
+        self.pipes.cancel(op_id)
         cancel = getattr(self.disk, "cancel", None)
-        return self.pipes.cancel(op_id) or bool(cancel is not None and cancel(op_id))
+        if cancel is not None:
+            cancel(op_id)

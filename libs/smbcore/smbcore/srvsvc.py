@@ -313,8 +313,8 @@ class ShareGetInfoResponse:
     info: ShareInfo | None
     status: int = WinError.SUCCESS
 
-    def encode(self) -> bytes:
-        w = NdrWriter()
+    def encode(self, first_referent: int = FIRST_REFERENT) -> bytes:
+        w = NdrWriter(first_referent)
         w.u32(self.level)
         if self.level in _INFO_LEVELS:
             info = self.info
@@ -398,8 +398,8 @@ class ServerGetInfoResponse:
     info: ServerInfo | None
     status: int = WinError.SUCCESS
 
-    def encode(self) -> bytes:
-        w = NdrWriter()
+    def encode(self, first_referent: int = FIRST_REFERENT) -> bytes:
+        w = NdrWriter(first_referent)
         w.u32(self.level)
         if self.level in _SERVER_LEVELS:
             info = self.info
