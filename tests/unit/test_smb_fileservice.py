@@ -211,11 +211,54 @@ def test_set_basic_times_are_kept(service: tuple[FsFileService, Share, Path]) ->
     )
     entry = decode_directory_entries(37, listed[0].body[8:])[0]
     assert entry.creation_time == times.creation_time
+    # A change through the handle that set the change time leaves it (MS-FSA
+    # UserSetChangeTime); one through another handle moves it on.
     assert write(svc, share, f, 0, b"more") == NTStatus.SUCCESS
     got = fi.FileBasicInformation.decode(query(svc, share, f, InfoType.FILE, FileInfoClass.BASIC)[1])
+    assert got.change_time == times.change_time
+    g = open_file(svc, share, "t.txt", disposition=1)
+    assert write(svc, share, g, 0, b"again") == NTStatus.SUCCESS
+    got = fi.FileBasicInformation.decode(query(svc, share, g, InfoType.FILE, FileInfoClass.BASIC)[1])
     assert got.change_time != times.change_time and got.creation_time == times.creation_time
+    svc.release(g)
     svc.release(f)
     svc.release(d)
+
+
+def test_attributes_are_kept(service: tuple[FsFileService, Share, Path]) -> None:
+    """HIDDEN, SYSTEM, ARCHIVE... are kept; READONLY of a file is its mode; a write sets
+    ARCHIVE again; TEMPORARY on a directory is refused (MS-FSA 2.1.5.14.2)."""
+    svc, share, root = service
+    f = open_file(svc, share, "a.txt")
+
+    def attrs(h: OpenFile) -> int:
+        return fi.FileBasicInformation.decode(query(svc, share, h, InfoType.FILE, 4)[1]).file_attributes
+
+    def basic(a: int) -> bytes:
+        return fi.BasicInformation(attributes=a).encode()
+
+    assert attrs(f) == fi.FileAttributes.ARCHIVE
+    assert set_info(svc, share, f, InfoType.FILE, 4, basic(fi.FileAttributes.READONLY)) == NTStatus.SUCCESS
+    assert attrs(f) == fi.FileAttributes.READONLY and not os.stat(root / "a.txt").st_mode & 0o222
+    assert set_info(svc, share, f, InfoType.FILE, 4, basic(fi.FileAttributes.NORMAL)) == NTStatus.SUCCESS
+    assert attrs(f) == fi.FileAttributes.NORMAL and os.stat(root / "a.txt").st_mode & 0o200
+    assert set_info(svc, share, f, InfoType.FILE, 4, basic(fi.FileAttributes.HIDDEN)) == NTStatus.SUCCESS
+    assert set_info(svc, share, f, InfoType.FILE, 4, basic(0)) == NTStatus.SUCCESS  # 0: unchanged
+    assert attrs(f) == fi.FileAttributes.HIDDEN
+    os.utime(root / "a.txt", ns=(1, 10**18))  # written since: ARCHIVE again
+    assert attrs(f) == fi.FileAttributes.HIDDEN | fi.FileAttributes.ARCHIVE
+    svc.release(f)
+    status, d = open_with(svc, share, "d", GENERIC_ALL, disposition=2, options=1)
+    assert status == NTStatus.SUCCESS and d is not None
+    assert set_info(svc, share, d, InfoType.FILE, 4, basic(fi.FileAttributes.TEMPORARY)) == (
+        NTStatus.INVALID_PARAMETER
+    )
+    svc.release(d)
+    # CREATE's FileAttributes apply to a new file, ARCHIVE added.
+    request = CreateRequest(GENERIC_ALL, fi.FileAttributes.SYSTEM, SHARE_ACCESS_ALL, 2, 0x40, "n.txt")
+    h = svc.run_sync(op(Command.CREATE, request, share))[0].handle
+    assert isinstance(h, OpenFile) and attrs(h) == fi.FileAttributes.SYSTEM | fi.FileAttributes.ARCHIVE
+    svc.release(h)
 
 
 def test_eas_from_create_set_and_query(service: tuple[FsFileService, Share, Path]) -> None:
@@ -281,9 +324,11 @@ def test_security_descriptor_query_and_set(service: tuple[FsFileService, Share, 
     os.chmod(root / "sd.txt", 0o600)  # a change through POSIX wins
     got = SecurityDescriptor.decode(query(svc, share, f, InfoType.SECURITY, 0, additional=want)[1])
     assert got == posix_descriptor(st.st_uid, st.st_gid, 0o600, False)
-    # An owner with no POSIX identity cannot be applied; a malformed descriptor is refused.
+    # An owner with no POSIX identity is kept, not applied; a malformed descriptor is refused.
     owner = SecurityDescriptor(owner=stranger).encode()
-    assert set_info(svc, share, f, InfoType.SECURITY, 0, owner, OWNER) == 0xC000005A  # INVALID_OWNER
+    assert set_info(svc, share, f, InfoType.SECURITY, 0, owner, OWNER) == NTStatus.SUCCESS
+    got = SecurityDescriptor.decode(query(svc, share, f, InfoType.SECURITY, 0, additional=want)[1])
+    assert got.owner == stranger and os.stat(root / "sd.txt").st_uid == st.st_uid
     assert set_info(svc, share, f, InfoType.SECURITY, 0, b"\x01\x00", DACL) == 0xC0000079
     svc.release(f)
     # Without READ_CONTROL / WRITE_DAC: ACCESS_DENIED.

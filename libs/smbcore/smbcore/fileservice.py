@@ -22,6 +22,7 @@ from .fileinfo import (
     FS_INFO_MIN_SIZE,
     STATUS_EAS_NOT_SUPPORTED,
     STATUS_NO_EAS_ON_FILE,
+    FileAttributes,
     FileInfoClass,
     FileStat,
     FullEa,
@@ -56,7 +57,7 @@ from .fileops import (
     encode_read_response_head,
     encode_write_response,
 )
-from .fs import FsError, FsHandle, FsShare
+from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare
 from .messages import EMPTY4, encode_error
 from .ntstatus import NTStatus
 from .security import SecurityDescriptor, SecurityInformation
@@ -251,6 +252,11 @@ class FsFileService:
         handle = backend.open(req.name, req.disposition, req.options, req.desired_access)
         try:
             if handle.create_action != CreateAction.OPENED:
+                # The attributes asked for; a new file is also ARCHIVE, as NTFS makes it.
+                attributes = req.file_attributes & KEPT_ATTRIBUTES
+                if attributes & ~FileAttributes.ARCHIVE:
+                    archive = 0 if handle.is_directory else FileAttributes.ARCHIVE
+                    handle.set_attributes(attributes | archive, check_access=False)
                 if eas:
                     handle.set_eas(eas, check_access=False)
                 if sd is not None:

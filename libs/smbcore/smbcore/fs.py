@@ -415,11 +415,11 @@ def _is_link(st: os.stat_result | None) -> bool:
 XATTR_USER = "user."
 XATTR_CREATION_TIME = "user.ferry.creation_time"
 XATTR_SECURITY = "user.ferry.security"
+XATTR_ATTRIBUTES = "user.ferry.attributes"
 #: ``user.`` attributes that are not EAs (lower-case: client EA names are upper-cased).
 _PRIVATE_XATTRS = ("user.ferry.", "user.DOSATTRIB", "user.DosStream.", "user.SAMBA_")
 _SD_SNAPSHOT = struct.Struct("<III")  # uid, gid, mode the stored descriptor was applied as
 _FILETIME = struct.Struct("<q")
-STATUS_INVALID_OWNER = 0xC000005A
 
 
 #: What the volume offers where it keeps extended attributes: EAs, and descriptors that are
@@ -438,6 +438,59 @@ def _getxattr(target: int | str, name: str) -> bytes | None:
         return os.getxattr(target, name, follow_symlinks=False)
     except OSError:
         return None
+
+
+def _list_eas(target: int | str, *, strict: bool = False) -> list[FullEa]:
+    """The EAs of a file (by descriptor, or by a path whose last link is not followed) in
+    name order; an error listing them is no EAs unless ``strict``."""
+    try:
+        if isinstance(target, int):
+            names = os.listxattr(target)
+        else:
+            names = os.listxattr(target, follow_symlinks=False)
+    except OSError:
+        if strict:
+            raise
+        return []
+    eas = []
+    for name in sorted(n for n in names if _is_ea(n)):
+        value = _getxattr(target, name)
+        if value:  # gone meanwhile, or empty (an EA always has a value)
+            eas.append(FullEa(name[len(XATTR_USER) :].upper(), value))
+    return eas
+
+
+#: The attributes a client sets that are kept ([MS-FSA] 2.1.5.14.2); READONLY of a file is
+#: its mode (no ``w`` bit), of a directory only kept.
+KEPT_ATTRIBUTES = (
+    FileAttributes.READONLY
+    | FileAttributes.HIDDEN
+    | FileAttributes.SYSTEM
+    | FileAttributes.ARCHIVE
+    | FileAttributes.TEMPORARY
+    | FileAttributes.OFFLINE
+    | FileAttributes.NOT_CONTENT_INDEXED
+)
+_ATTRIBUTES = struct.Struct("<Iq")  # the attributes, and st_mtime_ns when they were set
+
+
+def _stored_attributes(target: int | str, st: os.stat_result) -> FileAttributes | None:
+    """The attributes a client set, brought up to date: READONLY of a file from its mode,
+    ARCHIVE again once the file was written since (as Windows sets it on a write)."""
+    raw = _getxattr(target, XATTR_ATTRIBUTES)
+    if raw is None or len(raw) != _ATTRIBUTES.size:
+        return None
+    kept, mtime = _ATTRIBUTES.unpack(raw)
+    attrs = FileAttributes(kept & KEPT_ATTRIBUTES)
+    if statmod.S_ISDIR(st.st_mode):
+        attrs |= FileAttributes.DIRECTORY
+    else:
+        attrs &= ~FileAttributes.READONLY
+        if not st.st_mode & 0o222:
+            attrs |= FileAttributes.READONLY
+        if mtime != st.st_mtime_ns:
+            attrs |= FileAttributes.ARCHIVE
+    return attrs or FileAttributes.NORMAL
 
 
 def _stored_creation_time(target: int | str) -> int | None:
@@ -487,18 +540,24 @@ class FsShare:
             return False
         return True
 
-    def _with_times(self, info: FileStat, st: os.stat_result, target: int | str | None) -> FileStat:
-        """``info`` with the creation time and change time clients set, where kept."""
-        creation = _stored_creation_time(target) if target is not None and self.xattrs else None
+    def _with_meta(self, info: FileStat, st: os.stat_result, target: int | str | None) -> FileStat:
+        """``info`` with what clients set and POSIX does not keep (see the module docstring):
+        the creation and change times, the attributes, and the size of the EAs."""
         with self._change_guard:
             kept = self._change_times.get((st.st_dev, st.st_ino))
         change = kept[0] if kept is not None and kept[1] == st.st_ctime_ns else None
-        if creation is None and change is None:
+        if change is not None:
+            info = dataclasses.replace(info, change_time=change)
+        if target is None or not self.xattrs:
             return info
+        creation = _stored_creation_time(target)
+        attributes = _stored_attributes(target, st)
+        eas = _list_eas(target)
         return dataclasses.replace(
             info,
             creation_time=info.creation_time if creation is None else creation,
-            change_time=info.change_time if change is None else change,
+            attributes=info.attributes if attributes is None else attributes,
+            ea_size=ea_size(eas),
         )
 
     def _keep_change_time(self, st: os.stat_result, change: int | None) -> None:
@@ -880,6 +939,9 @@ class FsHandle:
         self.delete_on_close = False
         self.position = 0
         self.mode = mode
+        # A change time this handle set: its own later changes leave it as set ([MS-FSA]
+        # 2.1.5.14.2, Open.UserSetChangeTime).
+        self._user_change_time: int | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -926,9 +988,7 @@ class FsHandle:
             st = os.fstat(self._fd)
         except OSError as exc:
             raise _os_error(exc, "fstat") from None
-        info = self.share._with_times(stat_to_filestat(st, self._name), st, self._fd)
-        if self.share.xattrs:
-            info = dataclasses.replace(info, ea_size=ea_size(self.list_eas()))
+        info = self.share._with_meta(stat_to_filestat(st, self._name), st, self._fd)
         return dataclasses.replace(info, delete_pending=True) if self.delete_on_close else info
 
     # -- extended attributes ([MS-FSA] 2.1.5.11.12, 2.1.5.15.5) --------------------------------
@@ -940,15 +1000,9 @@ class FsHandle:
         if not self.share.xattrs:
             return []
         try:
-            names = sorted(n for n in os.listxattr(self._fd) if _is_ea(n))
+            return _list_eas(self._fd, strict=True)
         except OSError as exc:
             raise _os_error(exc, f"EAs of {self.smb_path!r}") from None
-        eas = []
-        for name in names:
-            value = _getxattr(self._fd, name)
-            if value:  # gone meanwhile, or empty (an EA always has a value)
-                eas.append(FullEa(name[len(XATTR_USER) :].upper(), value))
-        return eas
 
     def set_eas(self, eas: Sequence[FullEa], *, check_access: bool = True) -> None:
         """Set EAs; an empty value removes one (removing one that is not there is no error)."""
@@ -1009,8 +1063,9 @@ class FsHandle:
         """Apply the parts of ``sd`` that ``info`` names ([MS-FSA] 2.1.5.16): a Unix-mapped owner
         or group (``S-1-22-1-uid``, ``S-1-22-2-gid``) becomes the file's (fchown); a DACL
         becomes its permission bits (:func:`~smbcore.security.mode_from_dacl`); the whole
-        descriptor is stored as the client gave it (see the module docstring). An owner SID
-        with no POSIX identity is STATUS_INVALID_OWNER; another group SID is stored only.
+        descriptor is stored as the client gave it (see the module docstring): an owner or
+        group SID with no POSIX identity is stored only, and reported while the file keeps
+        the owner, group and mode it had when it was set.
         OWNER and GROUP need WRITE_OWNER, DACL WRITE_DAC, SACL ACCESS_SYSTEM_SECURITY."""
         self._check_open()
         want = SecurityInformation(info & 0xF)
@@ -1032,9 +1087,8 @@ class FsHandle:
             uid = gid = -1
             if owner is not None and owner != current.owner:
                 mapped = unix_id(owner)
-                if mapped is None or mapped[0] != "user":
-                    raise FsError(STATUS_INVALID_OWNER, f"owner {owner} has no POSIX identity")
-                uid = mapped[1]
+                if mapped is not None and mapped[0] == "user":
+                    uid = mapped[1]
             if group is not None and group != current.group:
                 mapped = unix_id(group)
                 if mapped is not None and mapped[0] == "group":
@@ -1061,6 +1115,7 @@ class FsHandle:
                     log.info("not storing the descriptor of %r: %s", self.smb_path, exc)
         except OSError as exc:
             raise _os_error(exc, f"set security of {self.smb_path!r}") from None
+        self._keep_user_change_time()
 
     def open_info(self) -> OpenInfo:
         """What the information classes report about this open (its name from the root)."""
@@ -1122,6 +1177,8 @@ class FsHandle:
                 total += wrote
         except OSError as exc:
             raise _os_error(exc, f"write of {self.smb_path!r}") from None
+        if self._user_change_time is not None:
+            self._keep_user_change_time()
         return total
 
     def flush(self) -> None:
@@ -1194,32 +1251,46 @@ class FsHandle:
                     os.setxattr(self._fd, XATTR_CREATION_TIME, _FILETIME.pack(btime))
                 except OSError as exc:
                     log.info("not keeping the creation time of %r: %s", self.smb_path, exc)
-            self.share._keep_change_time(os.fstat(self._fd), ctime)
+            if ctime is not None:
+                self._user_change_time = ctime
+            self.share._keep_change_time(os.fstat(self._fd), self._user_change_time)
         except (OverflowError, struct.error):
             raise FsError(NTStatus.INVALID_PARAMETER, "time out of range") from None
         except OSError as exc:
             raise _os_error(exc, f"set times of {self.smb_path!r}") from None
 
-    def set_attributes(self, attributes: int) -> None:
-        """Apply FileBasicInformation.FileAttributes (0: leave them). READONLY on a file is
-        stored as the absence of ``w`` bits; the other attributes have no POSIX home."""
-        self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set attributes")
+    def set_attributes(self, attributes: int, *, check_access: bool = True) -> None:
+        """Apply FileBasicInformation.FileAttributes (0: leave them; NORMAL alone: clear them).
+        READONLY on a file is stored as the absence of ``w`` bits; the attributes in
+        :data:`KEPT_ATTRIBUTES` are kept in an extended attribute where there are some (see
+        the module docstring). DIRECTORY on a file, TEMPORARY on a directory:
+        STATUS_INVALID_PARAMETER ([MS-FSA] 2.1.5.14.2)."""
+        if check_access:
+            self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set attributes")
+        self._check_open()
         if not attributes:
             return
         if attributes & FileAttributes.DIRECTORY and not self.is_directory:
             raise FsError(NTStatus.INVALID_PARAMETER, "DIRECTORY attribute on a file")
-        if self.is_directory:
-            return
+        if attributes & FileAttributes.TEMPORARY and self.is_directory:
+            raise FsError(NTStatus.INVALID_PARAMETER, "TEMPORARY attribute on a directory")
         try:
-            mode = statmod.S_IMODE(os.fstat(self._fd).st_mode)
-            if attributes & FileAttributes.READONLY:
-                new = mode & ~0o222
-            elif not mode & 0o222:
-                new = mode | 0o200
-            else:
-                return
+            st = os.fstat(self._fd)
+            mode = statmod.S_IMODE(st.st_mode)
+            new = mode
+            if not self.is_directory:
+                if attributes & FileAttributes.READONLY:
+                    new = mode & ~0o222
+                elif not mode & 0o222:
+                    new = mode | 0o200
             if new != mode:
                 os.chmod(self._fd, new)
+            if self.share.xattrs:
+                kept = _ATTRIBUTES.pack(attributes & KEPT_ATTRIBUTES, st.st_mtime_ns)
+                try:
+                    os.setxattr(self._fd, XATTR_ATTRIBUTES, kept)
+                except OSError as exc:
+                    log.info("not keeping the attributes of %r: %s", self.smb_path, exc)
         except OSError as exc:
             raise _os_error(exc, f"set attributes of {self.smb_path!r}") from None
 
@@ -1301,17 +1372,34 @@ class FsHandle:
         finally:
             dst.close()
 
+    def _keep_user_change_time(self) -> None:
+        """After a change through this handle: the change time it set stays."""
+        if self._user_change_time is not None and self._fd >= 0:
+            try:
+                self.share._keep_change_time(os.fstat(self._fd), self._user_change_time)
+            except OSError as exc:
+                raise _os_error(exc, "fstat") from None
+
     def set_info(self, info: SetFileInfo) -> None:
         """Apply a decoded SET_INFO (SMB2_0_INFO_FILE) buffer ([MS-SMB2] 3.3.5.21.1)."""
+        try:
+            self._set_info(info)
+        finally:
+            self._keep_user_change_time()
+
+    def _set_info(self, info: SetFileInfo) -> None:
         if isinstance(info, BasicInformation):
+            # Times first, then attributes (kept with the mtime they leave), then the change
+            # time, kept against the ctime all of it leaves.
             self._need(AccessMask.FILE_WRITE_ATTRIBUTES, "set basic information")
-            self.set_attributes(info.attributes)
             self.set_times(
                 creation=info.creation_time,
                 last_access=info.last_access_time,
                 last_write=info.last_write_time,
-                change=info.change_time,
             )
+            self.set_attributes(info.attributes)
+            if info.change_time > 0:
+                self._user_change_time = info.change_time
         elif isinstance(info, EndOfFileInformation):
             self.truncate(info.end_of_file)
         elif isinstance(info, AllocationInformation):
@@ -1366,7 +1454,7 @@ class FsHandle:
                         if st is None or not (statmod.S_ISREG(st.st_mode) or statmod.S_ISDIR(st.st_mode)):
                             continue
                         where = None if entry.is_symlink() else f"/proc/self/fd/{fd}/{name}"
-                        entries.append((name, self.share._with_times(stat_to_filestat(st, name), st, where)))
+                        entries.append((name, self.share._with_meta(stat_to_filestat(st, name), st, where)))
             finally:
                 os.close(fd)
         except OSError as exc:
