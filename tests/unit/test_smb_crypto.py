@@ -17,6 +17,7 @@ import contextlib
 import copy
 import hashlib
 import hmac as std_hmac
+import itertools
 import struct
 from dataclasses import dataclass
 
@@ -1275,3 +1276,18 @@ def test_plausible_transforms_raise_only_smbcryptoerror(
     )
     with pytest.raises(SMBCryptoError):
         decrypt(header + body, bytes(range(cipher.key_size)), cipher)
+
+
+@given(
+    cipher=st.sampled_from(list(CipherId)),
+    payload=st.binary(min_size=1, max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=4),
+)
+def test_encrypting_pieces_equals_encrypting_them_joined(
+    cipher: CipherId, payload: bytes, cuts: list[int]
+) -> None:
+    key = bytes(range(cipher.key_size))
+    nonce = bytes(cipher.nonce_size)
+    bounds = sorted({0, len(payload), *(c for c in cuts if c < len(payload))})
+    pieces = [memoryview(payload)[a:b] for a, b in itertools.pairwise(bounds)]
+    assert encrypt(pieces, key, cipher, 7, nonce) == encrypt(payload, key, cipher, 7, nonce)

@@ -42,6 +42,11 @@ INTERFACES = [
 ]
 
 
+def sent(server: ServerConnection) -> list[bytes]:
+    """The PDUs the server produced, each joined from its pieces."""
+    return [b"".join(pieces) for pieces in server.data_to_send()]
+
+
 @dataclass
 class MiniClient:
     """Just enough of a client to drive the core; every PDU it sends is one message."""
@@ -71,7 +76,7 @@ class MiniClient:
         self.message_id = mid + max(charge, 1)
         self.last_request = bytes(msg)
         self.server.receive_pdu(msg)
-        (pdu,) = self.server.data_to_send()
+        (pdu,) = sent(self.server)
         if pdu[:4] == b"\xfdSMB":
             assert self.keys is not None and self.cipher is not None
             pdu = crypto.decrypt(pdu, self.keys.decryption_key(server=False), self.cipher)
@@ -259,7 +264,7 @@ def test_encrypted_session(users: UserDatabase) -> None:
     sealed = crypto.encrypt(plain, client.keys.encryption_key(server=False), client.cipher, client.session_id,
                             crypto.random_nonce(client.cipher))  # fmt: skip
     client.server.receive_pdu(sealed)
-    (pdu,) = client.server.data_to_send()
+    (pdu,) = sent(client.server)
     assert pdu[:4] == b"\xfdSMB"
     inner = crypto.decrypt(pdu, client.keys.decryption_key(server=False), client.cipher)
     assert decode_header(inner).status == NTStatus.SUCCESS
@@ -278,7 +283,7 @@ def test_compound_of_two_echos(users: UserDatabase) -> None:
     first[20:24] = len(first).to_bytes(4, "little")
     second = Header(command=Command.ECHO, credits=1, message_id=2).to_bytes() + EMPTY4
     server.receive_pdu(bytes(first) + second)
-    (pdu,) = server.data_to_send()
+    (pdu,) = sent(server)
     one = decode_header(pdu)
     assert one.message_id == 1 and one.next_command % 8 == 0 and one.next_command > 0
     two = decode_header(pdu, one.next_command)

@@ -30,7 +30,7 @@ from smbcore.server import (
     Share,
 )
 
-from tests.unit.test_smb_server_core import MiniClient
+from tests.unit.test_smb_server_core import MiniClient, sent
 
 PASSWORD = "Pa55-word!"
 BINDING = 0x01
@@ -220,7 +220,7 @@ def _signed(
 
 
 def _responses(client: MiniClient) -> list[tuple[Header, bytes]]:
-    return [(decode_header(pdu), bytes(pdu)) for pdu in client.server.data_to_send()]
+    return [(decode_header(pdu), pdu) for pdu in sent(client.server)]
 
 
 def logged_in(state: ServerState, users: UserDatabase) -> tuple[MiniClient, Shell, int]:

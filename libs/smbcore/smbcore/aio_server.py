@@ -1,8 +1,11 @@
 """The asyncio shell around :class:`~smbcore.server.ServerConnection`: Direct TCP.
 
-One :class:`asyncio.Protocol` per connection: bytes in go through the
-:class:`~smbcore.framing.FrameDecoder` to the core, PDUs out are framed and written with
-``writelines`` (no concatenation). A protocol error closes only that connection; the
+One :class:`asyncio.BufferedProtocol` per connection: the transport receives straight into
+the :class:`~smbcore.pdureader.PDUReader`'s buffers (a large WRITE lands in a buffer of its
+own, once), PDUs out are framed and written piece by piece (a READ's data is never joined
+to its header), and reading pauses while the transport's send buffer is full, so a client
+that does not read its responses cannot make the server buffer without bound. A protocol
+error closes only that connection; the
 listener and the other connections carry on. Idle connections are closed after
 ``handshake_timeout`` (before a session is established) or ``idle_timeout``.
 
@@ -26,9 +29,10 @@ from typing import Protocol, runtime_checkable
 from .config import ServerLimits
 from .errors import SMBProtocolError
 from .fileops import FileTimes
-from .framing import FrameDecoder, frame_header
+from .framing import frame_header
 from .ioctl import NetworkInterfaceInfo
 from .ntstatus import NTStatus
+from .pdureader import PDUReader
 from .server import (
     Authenticator,
     CancelOperation,
@@ -43,6 +47,9 @@ from .server import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Pieces up to this size are copied together into one write; larger ones are written as they are.
+_COALESCE = 16 * 1024
 
 #: Seconds between 1601-01-01 and 1970-01-01, for FILETIME.
 _EPOCH_DELTA = 11_644_473_600
@@ -93,11 +100,11 @@ class ServerSettings:
     files: FileService = field(default_factory=NoFiles)
 
 
-class _SMBProtocol(asyncio.Protocol):
+class _SMBProtocol(asyncio.BufferedProtocol):
     def __init__(self, server: SMBServer) -> None:
         self._server = server
         self._settings = server.settings
-        self._frames = FrameDecoder(self._settings.limits.max_pdu)
+        self._reader = PDUReader(self._settings.limits.max_pdu)
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,12 +156,23 @@ class _SMBProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.get_buffer()
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def buffer_updated(self, nbytes: int) -> None:
         transport = self._transport
         assert transport is not None
         try:
-            self._frames.receive_data(data)
-            while (pdu := self._frames.next_pdu()) is not None:
+            self._reader.buffer_updated(nbytes)
+            while (pdu := self._reader.next_pdu()) is not None:
                 self.conn.receive_pdu(pdu)
                 self._server.pump()
         except SMBProtocolError as exc:
@@ -209,11 +227,26 @@ class _SMBProtocol(asyncio.Protocol):
         transport.close()
 
     def _send_output(self) -> None:
-        """Frame and write the PDUs the core produced."""
+        """Frame and write the PDUs the core produced: small pieces (the frame header, SMB2
+        headers, small bodies) go out together, a large piece by itself and uncopied (on
+        Python 3.11 ``writelines`` would join them)."""
         out = self.conn.data_to_send()
         transport = self._transport
-        if out and transport is not None and not transport.is_closing():
-            transport.writelines([piece for p in out for piece in (frame_header(len(p)), p)])
+        if not out or transport is None or transport.is_closing():
+            return
+        small = bytearray()
+        for pieces in out:
+            small += frame_header(sum(len(p) for p in pieces))
+            for piece in pieces:
+                if len(piece) <= _COALESCE:
+                    small += piece
+                    continue
+                if small:
+                    transport.write(small)
+                    small = bytearray()
+                transport.write(piece)
+        if small:
+            transport.write(small)
 
 
 class SMBServer:

@@ -23,7 +23,7 @@ import abc
 import enum
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, TypeAlias
 
@@ -552,7 +552,7 @@ def _check_key(key: BytesLike, cipher: CipherId) -> bytes:
 
 
 def encrypt(
-    message: BytesLike,
+    message: BytesLike | Sequence[BytesLike],
     key: BytesLike,
     cipher: CipherId | int,
     session_id: int,
@@ -566,9 +566,12 @@ def encrypt(
     bytes from Nonce to SessionId as associated data; the 16-byte tag becomes the Signature.
     Flags is 0x0001 (the 3.0.x EncryptionAlgorithm field, AES-128-CCM = 0x0001, has the same
     value). The result is one freshly allocated ``bytearray`` the ciphertext is written into
-    directly (no copy of the payload beyond the encryption itself). A nonce MUST never repeat
-    under one key: see :func:`random_nonce`.
+    directly (no copy of the payload beyond the encryption itself). ``message`` may also be a
+    sequence of pieces (a response header and a READ's data): GCM encrypts them in turn without
+    joining them; CCM, which has no streaming form here, joins them first. A nonce MUST never
+    repeat under one key: see :func:`random_nonce`.
     """
+    pieces = [message] if isinstance(message, bytes | bytearray | memoryview) else list(message)
     cipher_id = _cipher_id(cipher)
     key_bytes = _check_key(key, cipher_id)
     nonce_bytes = bytes(nonce)
@@ -576,13 +579,12 @@ def encrypt(
         raise ValueError(
             f"{cipher_id.name} needs a {cipher_id.nonce_size}-byte nonce, not {len(nonce_bytes)}"
         )
-    size = len(message)
+    size = sum(memoryview(p).nbytes for p in pieces)
     if not 0 < size <= _MAX_MESSAGE_SIZE:
         raise ValueError(f"cannot encrypt a message of {size} bytes")
     if not 0 <= session_id <= 0xFFFFFFFFFFFFFFFF:
         raise ValueError(f"SessionId {session_id} does not fit in 64 bits")
 
-    aead = AESGCM(key_bytes) if cipher_id.is_gcm else AESCCM(key_bytes)
     out = bytearray(TRANSFORM_HEADER_SIZE + size + _TAG_SIZE)
     _TRANSFORM.pack_into(
         out,
@@ -600,9 +602,20 @@ def encrypt(
         view[_TF_NONCE:TRANSFORM_HEADER_SIZE] as associated_data,
         view[TRANSFORM_HEADER_SIZE:] as ciphertext_and_tag,
     ):
-        aead.encrypt_into(nonce_bytes, message, associated_data, ciphertext_and_tag)
-        # The AEAD appends the tag; the transform header carries it in front (Signature).
-        view[_TF_SIGNATURE : _TF_SIGNATURE + _TAG_SIZE] = view[-_TAG_SIZE:]
+        if cipher_id.is_gcm and len(pieces) > 1:
+            encryptor = Cipher(algorithms.AES(key_bytes), modes.GCM(nonce_bytes)).encryptor()
+            encryptor.authenticate_additional_data(associated_data)
+            pos = 0
+            for piece in pieces:  # the tag's 16 bytes are the slack update_into asks for
+                pos += encryptor.update_into(piece, ciphertext_and_tag[pos:])
+            encryptor.finalize()
+            view[_TF_SIGNATURE : _TF_SIGNATURE + _TAG_SIZE] = encryptor.tag
+        else:
+            plain = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            aead = AESGCM(key_bytes) if cipher_id.is_gcm else AESCCM(key_bytes)
+            aead.encrypt_into(nonce_bytes, plain, associated_data, ciphertext_and_tag)
+            # The AEAD appends the tag; the transform header carries it in front (Signature).
+            view[_TF_SIGNATURE : _TF_SIGNATURE + _TAG_SIZE] = view[-_TAG_SIZE:]
     del out[-_TAG_SIZE:]
     return out
 

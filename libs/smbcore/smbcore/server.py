@@ -381,6 +381,11 @@ _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
 #: SET_INFO classes that change a file's data size (break Level II oplocks like a write).
 _SIZE_CLASSES = frozenset({19, 20})  # FileAllocationInformation, FileEndOfFileInformation
 _DIRECTORY_ATTRIBUTE = 0x10
+#: Response bodies up to this size are joined to their header; larger ones stay a piece of their own.
+_JOIN_LIMIT = 4096
+
+#: One PDU as the buffers it is made of, in order.
+Pieces = list[bytes | bytearray | memoryview]
 
 
 def _default_session_ids() -> Callable[[], int]:
@@ -412,6 +417,7 @@ class ServerState:
         self.oplock_break_timeout = oplock_break_timeout
         self._session_ids = session_ids or _default_session_ids()
         self._file_ids = itertools.count(1)
+        self._op_ids = itertools.count(1)
         self._by_key: dict[Hashable, list[Open]] = {}
         self._holders: set[Open] = set()  # opens holding an oplock
         self._breaking: set[Open] = set()
@@ -446,6 +452,10 @@ class ServerState:
 
     def new_session_id(self) -> int:
         return self._session_ids()
+
+    def new_op_id(self) -> int:
+        """Operation ids are server-wide: the file service, which they reach, is too."""
+        return next(self._op_ids)
 
     def new_file_id(self) -> bytes:
         return next(self._file_ids).to_bytes(8, "little") + next(self._file_ids).to_bytes(8, "little")
@@ -618,16 +628,16 @@ class ServerConnection:
         #: Connection.SessionTable: the sessions with a channel (or being set up) here.
         self.sessions: dict[int, Session] = {}
         self._bindings: dict[int, _Binding] = {}
-        self._out: list[bytes | bytearray] = []
+        self._out: list[Pieces] = []
         self._events: list[Event] = []
-        self._op_ids = itertools.count(1)
         self._async_ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
 
     # -- I/O boundary ------------------------------------------------------------------------
 
-    def data_to_send(self) -> list[bytes | bytearray]:
-        """Whole PDUs to send, in order (the transport frames each)."""
+    def data_to_send(self) -> list[Pieces]:
+        """Whole PDUs to send, in order, each as the pieces it is made of (a large READ's data
+        stays the buffer the shell read it into); the transport frames each PDU."""
         out, self._out = self._out, []
         return out
 
@@ -718,14 +728,13 @@ class ServerConnection:
             reply.encrypt, reply.sign = True, False
         return reply
 
-    def _emit(self, replies: list[_Reply]) -> None:
-        """Build the response chain: one compound PDU, each part 8-byte aligned and signed."""
-        parts: list[bytearray] = []
-        for i, r in enumerate(replies):
-            flags = Flags.SERVER_TO_REDIR | (r.request.flags & Flags.RELATED_OPERATIONS if i else 0)
-            if r.async_id:
-                flags |= Flags.ASYNC_COMMAND
-            header = Header(
+    @staticmethod
+    def _header(r: _Reply, related: bool) -> bytearray:
+        flags = Flags.SERVER_TO_REDIR | (r.request.flags & Flags.RELATED_OPERATIONS if related else 0)
+        if r.async_id:
+            flags |= Flags.ASYNC_COMMAND
+        return bytearray(
+            Header(
                 credit_charge=r.request.credit_charge,
                 status=r.status,
                 command=r.request.command,
@@ -734,8 +743,25 @@ class ServerConnection:
                 message_id=r.request.message_id,
                 reserved_or_async=r.async_id or Header.sync_field(r.tree_id),
                 session_id=r.session_id,
-            )
-            msg = bytearray(header.to_bytes())
+            ).to_bytes()
+        )
+
+    def _emit(self, replies: list[_Reply]) -> None:
+        """Build the response chain: one compound PDU, each part 8-byte aligned and signed.
+
+        A lone response with a large body (READ data) is not joined to its header: the PDU is
+        the two pieces, signed (or encrypted) without copying the data."""
+        encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
+        first = replies[0]
+        if len(replies) == 1 and len(first.body) > _JOIN_LIMIT and first.preauth is None:
+            head = self._header(first, False)
+            if first.sign and first.signer is not None:
+                first.signer.sign_parts_in_place(head, first.body)
+            self._send([head, first.body], encrypt_for)
+            return
+        parts: list[bytearray] = []
+        for i, r in enumerate(replies):
+            msg = self._header(r, bool(i))
             msg += r.body
             parts.append(msg)
         for part in parts[:-1]:
@@ -746,17 +772,14 @@ class ServerConnection:
                 r.signer.sign_in_place(msg)
             if r.preauth is not None:
                 r.preauth.update(msg)
-        pdu: bytes | bytearray = parts[0] if len(parts) == 1 else b"".join(parts)
-        encrypt_for = next((r.session for r in replies if r.encrypt and r.session is not None), None)
-        self._send(pdu, encrypt_for)
+        self._send(list(parts), encrypt_for)
 
-    def _send(self, pdu: bytes | bytearray, encrypt_for: Session | None) -> None:
+    def _send(self, pieces: Pieces, encrypt_for: Session | None) -> None:
         if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
             nonce = crypto.random_nonce(self.cipher, self._randbytes)
-            pdu = crypto.encrypt(
-                pdu, encrypt_for.keys.encryption_key(server=True), self.cipher, encrypt_for.session_id, nonce
-            )
-        self._out.append(pdu)
+            key = encrypt_for.keys.encryption_key(server=True)
+            pieces = [crypto.encrypt(pieces, key, self.cipher, encrypt_for.session_id, nonce)]
+        self._out.append(pieces)
         self.server.mark(self)
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -1253,7 +1276,7 @@ class ServerConnection:
                 self.server.break_level_two(opened)
         assert session.user is not None
         op = FileOperation(
-            next(self._op_ids), command, request, tree.share, session.user, handle, file_id, break_keys
+            self.server.new_op_id(), command, request, tree.share, session.user, handle, file_id, break_keys
         )
         self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree)
         return op
@@ -1330,7 +1353,7 @@ class ServerConnection:
         request = waiting.op.request
         assert isinstance(request, CreateRequest)
         op = FileOperation(
-            next(self._op_ids), waiting.op.command, request, waiting.op.share, waiting.op.user,
+            self.server.new_op_id(), waiting.op.command, request, waiting.op.share, waiting.op.user,
             None, None, self.server.break_keys(request),
         )  # fmt: skip
         del self._waiting[waiting.op.op_id]
@@ -1425,7 +1448,7 @@ class ServerConnection:
         body = OplockBreak(24, level, 0, 0, holder.file_id).to_bytes()
         session = holder.session
         encrypt = session.encrypt_data or holder.tree.share.encrypt
-        self._send(header.to_bytes() + body, session if encrypt else None)
+        self._send([header.to_bytes() + body], session if encrypt else None)
 
     def _oplock_break_ack(
         self, header: Header, message: memoryview, credits: int, session: Session, tree: Tree
@@ -1457,10 +1480,8 @@ class ServerConnection:
     ) -> _Reply | FileOperation:
         req = IoctlRequest.decode(message)
         if req.ctl_code == CtlCode.FSCTL_PIPE_TRANSCEIVE:
-            if tree.share.share_type != ShareType.PIPE:
-                return self._error(
-                    header, NTStatus.INVALID_DEVICE_REQUEST, credits, session, tree_id=tree.tree_id
-                )
+            if tree.share.share_type != ShareType.PIPE:  # MS-SMB2 3.3.5.15.3
+                return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
             # A named pipe write-then-read: carried out by the shell on the pipe's open.
             return self._file_operation(header, req, credits, session, tree, chain)
         if req.ctl_code == CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO:
