@@ -188,8 +188,10 @@ class ClientConfig:
             raise ValueError(f"max_io must be at least {MIN_IO}")
         if not self.max_io + 1024 <= self.max_pdu <= (1 << 24) - 1:
             raise ValueError("max_pdu must hold a full READ response and fit Direct TCP framing")
-        if self.credit_target < 1 or self.window_bytes < MIN_IO:
-            raise ValueError("credit_target must be positive and window_bytes at least 64 KiB")
+        if self.credit_target < credit_charge(self.max_io, 0) or self.window_bytes < MIN_IO:
+            raise ValueError(
+                "credit_target must pay for a READ of max_io and window_bytes be at least 64 KiB"
+            )
         if min(self.request_timeout, self.pending_timeout, self.connect_timeout) <= 0:
             raise ValueError("timeouts must be positive")
 
@@ -651,7 +653,9 @@ class ClientConnection:
         self.security_mode = SecurityMode.SIGNING_ENABLED | (
             SecurityMode.SIGNING_REQUIRED if self.config.require_signing else 0
         )
-        self.capabilities = Capabilities.LARGE_MTU | Capabilities.MULTI_CHANNEL | Capabilities.ENCRYPTION
+        self.capabilities = Capabilities.LARGE_MTU | Capabilities.MULTI_CHANNEL
+        if self.config.ciphers:
+            self.capabilities |= Capabilities.ENCRYPTION
         # Learnt from NEGOTIATE (MS-SMB2 3.2.1.2).
         self.dialect = 0
         self.cipher: crypto.CipherId | None = None
@@ -762,11 +766,10 @@ class ClientConnection:
         config = self.config
         contexts: tuple[NegotiateContext, ...] = ()
         if Dialect.SMB_3_1_1 in config.dialects:
-            contexts = (
-                PreauthIntegrity((HASH_SHA512,), self._randbytes(32)),
-                EncryptionCapabilities(tuple(config.ciphers)),
-                SigningCapabilities(tuple(config.signing_algorithms)),
-            )
+            contexts = (PreauthIntegrity((HASH_SHA512,), self._randbytes(32)),)
+            if config.ciphers:
+                contexts += (EncryptionCapabilities(tuple(config.ciphers)),)
+            contexts += (SigningCapabilities(tuple(config.signing_algorithms)),)
             if self.server_name:
                 contexts += (NetnameContext(self.server_name),)
         body = NegotiateRequest(
@@ -1008,6 +1011,14 @@ class ClientConnection:
         request.sign = not encrypt and (session.signing_required or self.config.require_signing)
 
     def _enqueue(self, group: tuple[Request, ...]) -> None:
+        cost = sum(max(r.charge, 1) for r in group)
+        if not self._queue and not self._sent and not self.credits.can_send(cost):
+            for request in group:
+                request._transition(_RequestInput.DROP)
+            raise LocalProtocolError(
+                f"{group[0].command.name} needs {cost} credits; the connection holds {self.credits.available}"
+                " and has nothing in flight to earn more"
+            )
         self._queue.append(group)
         self._pump()
 
@@ -1202,19 +1213,24 @@ class ClientConnection:
             request.async_id = header.async_id
             self._arm(request, now + self.config.pending_timeout)
             return InterimResponse(request, header.async_id)
-        assert request.message_id is not None
-        del self._sent[request.message_id]
-        request._transition(_RequestInput.FINAL)
         if request.purpose is _Purpose.NEGOTIATE:
+            self._finish(request)
             self._on_negotiate(header, message)
             return None
         if request.purpose is _Purpose.SESSION_SETUP:
+            self._finish(request)
             self._on_session_setup(request, header, message, encrypted_by, now)
             return None
         self._check_protection(request, header, message, encrypted_by)
         body = self._parse_body(request, header, message)
+        self._finish(request)
         self._after(request, header, body)
         return Response(request, header, body, message)
+
+    def _finish(self, request: Request) -> None:
+        assert request.message_id is not None
+        del self._sent[request.message_id]
+        request._transition(_RequestInput.FINAL)
 
     def _check_protection(
         self, request: Request, header: Header, message: memoryview, encrypted_by: Session | None
@@ -1370,9 +1386,9 @@ class ClientConnection:
             self._negotiate_contexts(response)
             self.preauth.update(message)
         else:
-            self.cipher = (
-                crypto.CipherId.AES_128_CCM if response.capabilities & Capabilities.ENCRYPTION else None
-            )
+            ccm = crypto.CipherId.AES_128_CCM  # the only cipher of 3.0 and 3.0.2
+            offered = ccm in config.ciphers
+            self.cipher = ccm if offered and response.capabilities & Capabilities.ENCRYPTION else None
             self.signing_algorithm = crypto.SigningAlgorithm.AES_CMAC
         self._transition(_ConnInput.NEGOTIATED)
         sizes = (self.max_read, self.max_write, self.max_transact)
