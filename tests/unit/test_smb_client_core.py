@@ -939,3 +939,13 @@ def test_output_buffer_bodies(users: UserDatabase) -> None:
         )
     )
     assert response.expect(OutputBuffer).data == b"info"
+
+
+def test_a_request_refused_at_creation_leaves_nothing_behind(users: UserDatabase) -> None:
+    pair = make_pair(users, ciphers=())
+    pair.negotiate()
+    session = pair.login()
+    session.require_encryption = True  # as if asked for after the fact: the connection cannot
+    with pytest.raises(SecurityRequirementError):
+        pair.client.request(Command.ECHO, EMPTY4, session=session, now=0.0)
+    assert pair.client.get_timer() is None and pair.client.data_to_send() == []

@@ -731,9 +731,13 @@ class ClientConnection:
         expired: list[Request] = []
         while (deadline := self.get_timer()) is not None and deadline <= now:
             expired.append(heapq.heappop(self._timers)[2])
-        for request in expired:
-            self._time_out(request)
-        self._pump()
+        try:
+            for request in expired:
+                self._time_out(request)
+            self._pump()
+        except SMBProtocolError:
+            self._transition(_ConnInput.PROTOCOL_ERROR)
+            raise
 
     def _arm(self, request: Request, deadline: float) -> None:
         request.deadline = request._heap_deadline = deadline
@@ -992,12 +996,10 @@ class ClientConnection:
                 f"{command.name} input of {send_size} bytes (at most {self.max_transact})"
             )
         deadline = now + (self.config.request_timeout if timeout is None else timeout)
-        request = Request(
+        return Request(
             command, body, session=session, tree=tree, payload=payload, charge=charge, send_size=send_size,
             recv_size=recv_size, deadline=deadline, purpose=purpose,
         )  # fmt: skip
-        self._arm(request, deadline)
-        return request
 
     def _protect(self, request: Request) -> None:
         """Decide signing and encryption (MS-SMB2 3.2.4.1.1, 3.2.4.1.8)."""
@@ -1019,6 +1021,8 @@ class ClientConnection:
                 f"{group[0].command.name} needs {cost} credits; the connection holds {self.credits.available}"
                 " and has nothing in flight to earn more"
             )
+        for request in group:
+            self._arm(request, request.deadline)
         self._queue.append(group)
         self._pump()
 
