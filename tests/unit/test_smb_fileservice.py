@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -382,3 +383,65 @@ def test_short_names_query_listing_and_open(service: tuple[FsFileService, Share,
     )
     assert attrs & fi.FsAttributes.SUPPORTS_EXTENDED_ATTRIBUTES and attrs & fi.FsAttributes.PERSISTENT_ACLS
     svc.release(r)
+
+
+def create(svc: FsFileService, share: Share, name: str, access: int, sharing: int,
+           disposition: int = 3, break_keys: frozenset[object] = frozenset()) -> tuple[int, object]:  # fmt: skip  # noqa: E501
+    request = CreateRequest(access, 0, sharing, disposition, 0x40, name)
+    operation = FileOperation(1, Command.CREATE, request, share, "alice", None, None, break_keys)  # type: ignore[arg-type]
+    result, _ = svc.run_sync(operation)
+    return result.status, result.file_key if result.status != NTStatus.SUCCESS else result.handle
+
+
+READ_DATA, WRITE_DATA, READ_ATTRIBUTES = 0x1, 0x2, 0x80
+
+
+def test_share_modes_are_enforced_before_an_overwrite(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, root = service
+    status, first = create(svc, share, "f.bin", READ_DATA | WRITE_DATA, 0)  # no sharing at all
+    assert status == NTStatus.SUCCESS and isinstance(first, OpenFile)
+    (root / "f.bin").write_bytes(b"keep me")
+    assert create(svc, share, "f.bin", READ_DATA, 7, disposition=1)[0] == NTStatus.SHARING_VIOLATION
+    # An overwrite that is refused truncates nothing.
+    assert create(svc, share, "f.bin", WRITE_DATA, 7, disposition=5)[0] == NTStatus.SHARING_VIOLATION
+    assert (root / "f.bin").read_bytes() == b"keep me"
+    # Attribute-only opens take no part in share modes.
+    assert create(svc, share, "f.bin", READ_ATTRIBUTES, 0, disposition=1)[0] == NTStatus.SUCCESS
+    svc.release(first)
+    assert create(svc, share, "f.bin", READ_DATA, 1, disposition=1)[0] == NTStatus.SUCCESS  # share read
+    assert create(svc, share, "f.bin", READ_DATA, 1, disposition=1)[0] == NTStatus.SUCCESS
+    assert create(svc, share, "f.bin", WRITE_DATA, 7, disposition=1)[0] == NTStatus.SHARING_VIOLATION
+
+
+def test_a_create_on_a_file_with_oplocks_to_break_opens_nothing(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    status, first = create(svc, share, "f.bin", READ_DATA | WRITE_DATA, 7)
+    assert isinstance(first, OpenFile)
+    (root / "f.bin").write_bytes(b"cached")
+    key = first.handle.identity
+    status, reported = create(svc, share, "f.bin", WRITE_DATA, 7, disposition=5, break_keys=frozenset({key}))
+    assert status == NTStatus.OPLOCK_BREAK_IN_PROGRESS and reported == key
+    assert (root / "f.bin").read_bytes() == b"cached"
+
+
+async def test_a_blocking_lock_waits_for_the_unlock_and_can_be_cancelled(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, _ = service
+    a = open_file(svc, share, "f.bin")
+    b = open_file(svc, share, "f.bin", disposition=1)
+    assert lock(svc, share, a, (0, 10, LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY)) == NTStatus.SUCCESS
+    blocking = LockRequest(FID, (LockElement(0, 10, LockFlags.EXCLUSIVE),))
+    waiting = asyncio.ensure_future(svc.run(FileOperation(7, Command.LOCK, blocking, share, "alice", b, FID)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert lock(svc, share, a, (0, 10, LockFlags.UNLOCK)) == NTStatus.SUCCESS
+    result, _ = await asyncio.wait_for(waiting, 5)
+    assert result.status == NTStatus.SUCCESS  # granted once a released the range
+    waiting = asyncio.ensure_future(svc.run(FileOperation(8, Command.LOCK, blocking, share, "alice", a, FID)))
+    await asyncio.sleep(0.05)
+    svc.cancel(8)
+    result, _ = await asyncio.wait_for(waiting, 5)
+    assert result.status == NTStatus.CANCELLED

@@ -5,6 +5,12 @@ the :mod:`smbcore.fs` backend in a worker thread (disk I/O never blocks the even
 returns the status and response body the core sends. Per-request failures (a missing
 file, an unknown information class, a short SET_INFO buffer) become that request's status;
 they never close the connection.
+
+What concerns several opens of one file lives here, keyed by the file's (st_dev, st_ino),
+which is also the ``file_key`` the core tracks oplocks by: share modes (checked before an
+existing file is opened, so a refused overwrite truncates nothing), byte-range locks, and
+blocking LOCK requests, which wait for the conflicting range to be unlocked (the shell sends
+the interim STATUS_PENDING response) until they get it or are cancelled.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from .fileinfo import (
     FS_INFO_MIN_SIZE,
     STATUS_EAS_NOT_SUPPORTED,
     STATUS_NO_EAS_ON_FILE,
+    AccessMask,
     FileAttributes,
     FileInfoClass,
     FileStat,
@@ -57,7 +65,7 @@ from .fileops import (
     encode_read_response_head,
     encode_write_response,
 )
-from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare
+from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare, grant_access
 from .messages import EMPTY4, encode_error
 from .ntstatus import NTStatus
 from .security import SecurityDescriptor, SecurityInformation
@@ -67,6 +75,86 @@ log = logging.getLogger(__name__)
 
 #: Largest offset+length a WRITE may reach (INT64_MAX, as Windows and Samba check).
 MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
+
+FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_SHARE_DELETE = 0x1, 0x2, 0x4
+_READS = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
+_WRITES = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
+_DELETES = AccessMask.DELETE
+#: Only opens with one of these rights take part in share-mode checks (MS-FSA 2.1.5.1.2).
+_SHARE_CHECKED = _READS | _WRITES | _DELETES
+
+
+@dataclass(frozen=True, slots=True)
+class _Sharing:
+    access: int
+    share_access: int
+
+    def conflicts(self, other: _Sharing) -> bool:
+        """MS-FSA 2.1.5.1.2 (the sharing check), both ways."""
+        for mine, theirs in ((self, other), (other, self)):
+            if mine.access & _READS and not theirs.share_access & FILE_SHARE_READ:
+                return True
+            if mine.access & _WRITES and not theirs.share_access & FILE_SHARE_WRITE:
+                return True
+            if mine.access & _DELETES and not theirs.share_access & FILE_SHARE_DELETE:
+                return True
+        return False
+
+
+class ShareModes:
+    """Who has each file open with which access and sharing (server-wide, thread-safe)."""
+
+    def __init__(self) -> None:
+        self._opens: dict[tuple[int, int], dict[int, _Sharing]] = {}
+        self._guard = threading.Lock()
+
+    def check(self, key: tuple[int, int], access: int, share_access: int) -> None:
+        """Raise STATUS_SHARING_VIOLATION if an open like this would conflict."""
+        wanted = _Sharing(access, share_access)
+        if not access & _SHARE_CHECKED:
+            return
+        with self._guard:
+            if any(wanted.conflicts(held) for held in self._opens.get(key, {}).values()):
+                raise FsError(NTStatus.SHARING_VIOLATION, "the file is open with a conflicting share mode")
+
+    def add(self, key: tuple[int, int], opened: OpenFile, access: int, share_access: int) -> None:
+        """Register an open, checking again under the lock (another open may have won the race)."""
+        if not access & _SHARE_CHECKED:
+            return
+        wanted = _Sharing(access, share_access)
+        with self._guard:
+            held = self._opens.setdefault(key, {})
+            if any(wanted.conflicts(h) for h in held.values()):
+                if not held:
+                    del self._opens[key]
+                raise FsError(NTStatus.SHARING_VIOLATION, "the file is open with a conflicting share mode")
+            held[id(opened)] = wanted
+
+    def remove(self, key: tuple[int, int], opened: OpenFile) -> None:
+        with self._guard:
+            held = self._opens.get(key)
+            if held is not None:
+                held.pop(id(opened), None)
+                if not held:
+                    del self._opens[key]
+
+
+class _BreakNeeded(Exception):
+    """The CREATE's target has oplocks the core must break before it may be opened."""
+
+    def __init__(self, key: tuple[int, int]) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _blocking(request: LockRequest) -> bool:
+    """Only a single range without FAIL_IMMEDIATELY may wait (MS-SMB2 3.3.5.14.2)."""
+    (element,) = request.locks[:1] or (None,)
+    return (
+        len(request.locks) == 1
+        and element is not None
+        and not element.flags & (LockFlags.FAIL_IMMEDIATELY | LockFlags.UNLOCK)
+    )
 
 
 def file_times(st: FileStat) -> FileTimes:
@@ -106,13 +194,14 @@ class _Range:
 
 
 class ByteRangeLocks:
-    """Byte-range locks per file (MS-SMB2 3.3.5.14, MS-FSA 2.1.5.9), without waiting:
-    a conflicting lock is refused with STATUS_LOCK_NOT_GRANTED whether or not
-    FAIL_IMMEDIATELY was asked (blocking locks need STATUS_PENDING, which comes later)."""
+    """Byte-range locks per file (MS-SMB2 3.3.5.14, MS-FSA 2.1.5.9). :meth:`apply` never
+    waits: a conflict is STATUS_LOCK_NOT_GRANTED; a blocking request retries when
+    ``on_release`` says some lock went away (see :meth:`FsFileService.run`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
         self._ranges: dict[tuple[int, int], list[_Range]] = {}
         self._guard = threading.Lock()
+        self.on_release = on_release
 
     @staticmethod
     def _key(opened: OpenFile) -> tuple[int, int]:
@@ -137,6 +226,7 @@ class ByteRangeLocks:
                     if found is None:
                         return NTStatus.RANGE_NOT_LOCKED, b""
                     ranges.remove(found)
+                self.on_release()
                 return NTStatus.SUCCESS, EMPTY4
             granted: list[_Range] = []
             for element in request.locks:
@@ -183,11 +273,16 @@ class ByteRangeLocks:
 
     def release(self, opened: OpenFile) -> None:
         """Drop every lock of an open that is closing."""
+        dropped = False
         with self._guard:
             for key in list(self._ranges):
-                self._ranges[key] = [r for r in self._ranges[key] if r.owner is not opened]
-                if not self._ranges[key]:
+                kept = [r for r in self._ranges[key] if r.owner is not opened]
+                dropped = dropped or len(kept) != len(self._ranges[key])
+                self._ranges[key] = kept
+                if not kept:
                     del self._ranges[key]
+        if dropped:
+            self.on_release()
 
 
 class FsFileService:
@@ -196,7 +291,10 @@ class FsFileService:
     def __init__(self) -> None:
         self._shares: dict[str, FsShare] = {}
         self._guard = threading.Lock()
-        self._locks = ByteRangeLocks()
+        self._locks = ByteRangeLocks(self._locks_released)
+        self._modes = ShareModes()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_waiters: dict[int, asyncio.Future[bool]] = {}  # op id -> woken (False: cancelled)
 
     def _backend(self, share: Share) -> FsShare:
         if share.path is None:
@@ -208,15 +306,55 @@ class FsFileService:
             return backend
 
     async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        request = op.request
+        if isinstance(request, LockRequest) and _blocking(request):
+            return await self._lock_waiting(op)
         return await asyncio.to_thread(self.run_sync, op)
+
+    async def _lock_waiting(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        """A blocking lock (one range, no FAIL_IMMEDIATELY, MS-SMB2 3.3.5.14.2): retried each
+        time some lock is released, until granted or cancelled (STATUS_CANCELLED)."""
+        self._loop = asyncio.get_running_loop()
+        while True:
+            waiter = self._loop.create_future()
+            self._lock_waiters[op.op_id] = waiter
+            try:
+                result, _ = await asyncio.to_thread(self.run_sync, op)
+                if result.status != NTStatus.LOCK_NOT_GRANTED:
+                    return result, None
+                if not await waiter:  # set early if a lock went away while we tried
+                    return FileResult(NTStatus.CANCELLED), None
+            finally:
+                self._lock_waiters.pop(op.op_id, None)
+
+    def _locks_released(self) -> None:
+        """From any thread: wake the blocking locks so they try again."""
+        loop = self._loop
+        if loop is not None and self._lock_waiters:
+            loop.call_soon_threadsafe(self._wake_lock_waiters, True)
+
+    def _wake_lock_waiters(self, woken: bool) -> None:
+        for waiter in list(self._lock_waiters.values()):
+            if not waiter.done():
+                waiter.set_result(woken)
+
+    def cancel(self, op_id: int) -> None:
+        """A CANCEL (or the connection gone): a waiting lock answers STATUS_CANCELLED."""
+        waiter = self._lock_waiters.get(op_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
 
     def release(self, handle: object) -> None:
         if isinstance(handle, OpenFile):
-            self._locks.release(handle)
+            self._forget(handle)
             try:
                 handle.handle.close()
             except FsError as exc:
                 log.info("closing an abandoned open failed", extra={"error": str(exc)})
+
+    def _forget(self, opened: OpenFile) -> None:
+        self._locks.release(opened)
+        self._modes.remove(opened.handle.identity, opened)
 
     def close(self) -> None:
         with self._guard:
@@ -228,16 +366,27 @@ class FsFileService:
         try:
             request = op.request
             if isinstance(request, CreateRequest):
-                return self._create(op.share, request)
+                return self._create(op, request)
             assert isinstance(op.handle, OpenFile)
             return FileResult(*self._on_open(op.handle, request)), None
         except FsError as exc:
             return FileResult(exc.status), None
         except RemoteProtocolError as exc:  # a malformed info buffer concerns this request only
             return FileResult(exc.status), None
+        except _BreakNeeded as exc:
+            return FileResult(NTStatus.OPLOCK_BREAK_IN_PROGRESS, file_key=exc.key), None
 
-    def _create(self, share: Share, req: CreateRequest) -> tuple[FileResult, tuple[int, FileTimes] | None]:
-        backend = self._backend(share)
+    def _create(
+        self, op: FileOperation, req: CreateRequest
+    ) -> tuple[FileResult, tuple[int, FileTimes] | None]:
+        backend = self._backend(op.share)
+        wanted = grant_access(req.desired_access, backend.read_only) if req.desired_access else 0
+
+        def before_open(key: tuple[int, int]) -> None:
+            if key in op.break_keys:  # oplocks first: a batch holder may close instead
+                raise _BreakNeeded(key)
+            self._modes.check(key, wanted, req.share_access)
+
         # The EA and security descriptor contexts ([MS-SMB2] 2.2.13.2.1, 2.2.13.2.2) are
         # checked before anything is created, and applied to a file this CREATE made.
         eas: list[FullEa] = []
@@ -249,7 +398,13 @@ class FsFileService:
                 sd = SecurityDescriptor.decode(context.data)
         if eas and not backend.xattrs:
             return FileResult(STATUS_EAS_NOT_SUPPORTED), None
-        handle = backend.open(req.name, req.disposition, req.options, req.desired_access)
+        handle = backend.open(req.name, req.disposition, req.options, req.desired_access, before_open)
+        opened = OpenFile(handle)
+        try:
+            self._modes.add(handle.identity, opened, handle.granted_access, req.share_access)
+        except FsError:
+            handle.close()
+            raise
         try:
             if handle.create_action != CreateAction.OPENED:
                 # The attributes asked for; a new file is also ARCHIVE, as NTFS makes it.
@@ -265,9 +420,11 @@ class FsFileService:
                                         check_access=False)  # fmt: skip
             times = file_times(handle.stat())
         except FsError:
+            self._modes.remove(handle.identity, opened)
             handle.close()
             raise
-        return FileResult(NTStatus.SUCCESS, handle=OpenFile(handle)), (handle.create_action, times)
+        result = FileResult(NTStatus.SUCCESS, handle=opened, file_key=handle.identity)
+        return result, (handle.create_action, times)
 
     def _on_open(
         self,
@@ -301,7 +458,7 @@ class FsFileService:
             times = None
             if request.flags & CLOSE_FLAG_POSTQUERY_ATTRIB:
                 times = file_times(handle.stat())
-            self._locks.release(opened)
+            self._forget(opened)
             handle.close()
             return NTStatus.SUCCESS, encode_close_response(request.flags, times)
         if isinstance(request, FlushRequest):

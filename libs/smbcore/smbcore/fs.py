@@ -706,9 +706,20 @@ class FsShare:
 
     # -- CREATE ([MS-SMB2] 3.3.5.9, [MS-FSA] 2.1.5.1) --------------------------------------------
 
-    def open(self, smb_path: str, disposition: int, create_options: int, desired_access: int) -> FsHandle:
+    def open(
+        self,
+        smb_path: str,
+        disposition: int,
+        create_options: int,
+        desired_access: int,
+        before_open: Callable[[tuple[int, int]], None] | None = None,
+    ) -> FsHandle:
         """Open or create ``smb_path`` as SMB2 CREATE does; the handle's ``create_action`` says
         which of SUPERSEDED, OPENED, CREATED, OVERWRITTEN happened.
+
+        ``before_open`` is called with the (st_dev, st_ino) of an existing target before it is
+        opened (and so before an overwrite truncates it): the caller's share-mode and oplock
+        checks, which refuse by raising.
 
         SUPERSEDE of an existing file truncates it (there are no attributes or streams to
         replace). FILE_DIRECTORY_FILE allows only CREATE, OPEN and OPEN_IF; an existing
@@ -738,8 +749,9 @@ class FsShare:
         for attempt in range(2):
             try:
                 return self._open(
-                    comps, disp, want_dir, want_file, access, maximum, delete_on_close, create_options
-                )
+                    comps, disp, want_dir, want_file, access, maximum, delete_on_close, create_options,
+                    before_open,
+                )  # fmt: skip
             except FileExistsError:  # created by someone else between our lookup and create
                 if disp == CreateDisposition.CREATE or attempt:
                     raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{smb_path!r} exists") from None
@@ -755,6 +767,7 @@ class FsShare:
         maximum: bool,
         delete_on_close: bool,
         options: int,
+        before_open: Callable[[tuple[int, int]], None] | None,
     ) -> FsHandle:
         named = self._resolve(comps, follow=False)
         phys = named
@@ -776,6 +789,10 @@ class FsShare:
             else:
                 if disp == CreateDisposition.CREATE:
                     raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{'/'.join(comps)!r} exists")
+                if before_open is not None:  # the identity the handle will have (see below)
+                    ident = named.st if _is_link(named.st) else phys.st
+                    assert ident is not None
+                    before_open((ident.st_dev, ident.st_ino))
                 fd, is_dir, access = self._open_existing(phys, disp, want_dir, want_file, access, maximum)
                 action = {
                     CreateDisposition.SUPERSEDE: CreateAction.SUPERSEDED,
@@ -944,6 +961,11 @@ class FsHandle:
         self._user_change_time: int | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the file this handle names: equal for every open of it."""
+        return self._identity
 
     @property
     def closed(self) -> bool:
