@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from smbcore import crypto
 from smbcore.auth import ClientAuthenticator, ServerAuthenticator, UserDatabase
@@ -840,9 +840,36 @@ def check_parse_or_raise(data: bytes) -> None:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=400))
+@given(st.binary(max_size=400) | st.binary(max_size=400).map(lambda b: b"\xfdSMB" + b))
+@example(b"\xfdSMB" + bytes(48) + b"\x01\x00" + bytes(10))
+@example(b"\xfcSMB" + bytes(60))
 def test_arbitrary_response_bytes_parse_or_raise_the_protocol_error(data: bytes) -> None:
     check_parse_or_raise(data)
+
+
+def sealed_echo_response(users: UserDatabase, session_id: int | None = None) -> tuple[Pair, bytearray]:
+    """A client with an ECHO in flight, and its response encrypted as the server would."""
+    pair, session, _ = ready(users)
+    assert session.keys is not None and pair.client.cipher is not None
+    request = pair.client.request(Command.ECHO, EMPTY4, session=session, now=0.0)
+    pair.client.data_to_send()
+    key = session.keys.encryption_key(server=True)
+    sid = session.session_id if session_id is None else session_id
+    return pair, crypto.encrypt(bytes(response_to(request)), key, pair.client.cipher, sid, bytes(12))
+
+
+def test_encrypted_responses_for_unknown_sessions_or_with_bad_tags(users: UserDatabase) -> None:
+    pair, sealed = sealed_echo_response(users)
+    pair.client.receive_pdu(bytes(sealed), 0.0)  # the good one is accepted
+    (event,) = pair.client.events()
+    assert isinstance(event, Response) and event.request.verified
+    pair, sealed = sealed_echo_response(users)
+    sealed[-1] ^= 1
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        pair.client.receive_pdu(sealed, 0.0)
+    pair, sealed = sealed_echo_response(users, session_id=0x1234)
+    with pytest.raises(RemoteProtocolError, match="unknown session"):
+        pair.client.receive_pdu(sealed, 0.0)
 
 
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
