@@ -534,10 +534,8 @@ class SMBClient:
         self._error = error
         if error.__cause__ is None:
             log.info("SMB connection ended", extra={"peer": f"{self.host}:{self.port}", "reason": str(error)})
-        dropped = self.conn.close()
+        self.conn.close()  # what it drops is what self._waiters holds
         self.conn.events()  # nothing more will be delivered
-        for request in dropped:
-            self._waiters.setdefault(request, self._loop.create_future())
         waiters = list(self._waiters.values()) + list(self._sessions.values()) + [self._negotiated]
         self._waiters.clear()
         self._sessions.clear()
@@ -550,10 +548,14 @@ class SMBClient:
             self._loop.remove_writer(self._fd)
             self._write_armed = False
         self._sendq.clear()
-        self._sock.close()
         reader = self._reader
-        if reader is not None and reader is not asyncio.current_task():
+        if reader is not None and not reader.done() and reader is not asyncio.current_task():
+            # Close the socket once the reader has left recv_into (and the loop has forgotten the
+            # fd), so that no other socket can be given the same fd number in between.
             reader.cancel()
+            reader.add_done_callback(lambda _: self._sock.close())
+        else:
+            self._sock.close()
 
 
 async def _open_socket(host: str, port: int) -> socket.socket:
