@@ -11,6 +11,7 @@ import pytest
 from smbcore import fileinfo as fi
 from smbcore.fileinfo import FileInfoClass, decode_directory_entries
 from smbcore.fileops import (
+    CloseRequest,
     CreateContext,
     CreateRequest,
     InfoType,
@@ -25,6 +26,7 @@ from smbcore.fileops import (
 )
 from smbcore.fileservice import FsFileService, OpenFile
 from smbcore.header import Command
+from smbcore.notify import Action, ChangeNotifyRequest, CompletionFilter, decode_notify_information
 from smbcore.ntstatus import NTStatus
 from smbcore.security import (
     EVERYONE,
@@ -36,7 +38,7 @@ from smbcore.security import (
     posix_descriptor,
     unix_user_sid,
 )
-from smbcore.server import FileOperation, Share
+from smbcore.server import FileOperation, FileResult, Share
 
 SHARE_ACCESS_ALL = 7
 GENERIC_ALL = 0x10000000
@@ -445,3 +447,43 @@ async def test_a_blocking_lock_waits_for_the_unlock_and_can_be_cancelled(
     svc.cancel(8)
     result, _ = await asyncio.wait_for(waiting, 5)
     assert result.status == NTStatus.CANCELLED
+
+
+async def test_change_notify_reports_changes_and_ends_on_cancel_and_close(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    request = CreateRequest(0x00100081, 0, 7, 1, 0x1, "d")  # READ_DATA|READ_ATTRIBUTES|SYNCHRONIZE, dir
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    directory = result.handle
+    assert isinstance(directory, OpenFile)
+    watch = ChangeNotifyRequest(32, 0, 4096, FID, CompletionFilter.FILE_NAME | CompletionFilter.SIZE, 0)
+
+    def notify(op_id: int) -> asyncio.Future[tuple[FileResult, object]]:
+        operation = FileOperation(op_id, Command.CHANGE_NOTIFY, watch, share, "alice", directory, FID)  # type: ignore[arg-type]
+        return asyncio.ensure_future(svc.run(operation))
+
+    waiting = notify(10)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    (root / "d" / "new.txt").write_bytes(b"x")
+    result, _ = await asyncio.wait_for(waiting, 5)
+    assert result.status == NTStatus.SUCCESS
+    entries = decode_notify_information(result.body[8:])
+    assert (Action.ADDED, "new.txt") in entries
+    # Changes between two requests are kept for the next one.
+    (root / "d" / "new.txt").rename(root / "d" / "renamed.txt")
+    await asyncio.sleep(0.05)
+    result, _ = await asyncio.wait_for(notify(11), 5)
+    names = decode_notify_information(result.body[8:])
+    assert (Action.RENAMED_OLD_NAME, "new.txt") in names and (Action.RENAMED_NEW_NAME, "renamed.txt") in names
+    waiting = notify(12)
+    await asyncio.sleep(0.05)
+    svc.cancel(12)
+    assert (await asyncio.wait_for(waiting, 5))[0].status == NTStatus.CANCELLED
+    waiting = notify(13)
+    await asyncio.sleep(0.05)
+    close = FileOperation(14, Command.CLOSE, CloseRequest(24, 0, 0, FID), share, "alice", directory, FID)
+    assert (await svc.run(close))[0].status == NTStatus.SUCCESS
+    assert (await asyncio.wait_for(waiting, 5))[0].status == NTStatus.NOTIFY_CLEANUP

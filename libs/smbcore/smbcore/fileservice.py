@@ -67,6 +67,7 @@ from .fileops import (
 )
 from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare, grant_access
 from .messages import EMPTY4, encode_error
+from .notify import ChangeNotifyRequest, Inotify, Watch, encode_notify_information
 from .ntstatus import NTStatus
 from .security import SecurityDescriptor, SecurityInformation
 from .server import FileOperation, FileRequest, FileResult, Share
@@ -178,6 +179,7 @@ class OpenFile:
     position: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     lock_key: tuple[int, int] | None = None
+    watch: Watch | None = None  # CHANGE_NOTIFY: changes collected since the first request
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +297,8 @@ class FsFileService:
         self._modes = ShareModes()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_waiters: dict[int, asyncio.Future[bool]] = {}  # op id -> woken (False: cancelled)
+        self._inotify: Inotify | None = None
+        self._notify_waiters: dict[int, tuple[OpenFile, asyncio.Future[int]]] = {}  # op id -> (open, why)
 
     def _backend(self, share: Share) -> FsShare:
         if share.path is None:
@@ -309,7 +313,54 @@ class FsFileService:
         request = op.request
         if isinstance(request, LockRequest) and _blocking(request):
             return await self._lock_waiting(op)
+        if isinstance(request, ChangeNotifyRequest):
+            return FileResult(*await self._change_notify(op, request)), None
         return await asyncio.to_thread(self.run_sync, op)
+
+    async def _change_notify(self, op: FileOperation, request: ChangeNotifyRequest) -> tuple[int, bytes]:
+        """MS-SMB2 3.3.5.19: answer with the changes seen since the last answer, or wait for
+        some; STATUS_NOTIFY_ENUM_DIR when they do not fit (or the kernel dropped some),
+        STATUS_CANCELLED on CANCEL, STATUS_NOTIFY_CLEANUP when the directory is closed."""
+        opened = op.handle
+        assert isinstance(opened, OpenFile)
+        if not opened.handle.is_directory:
+            return NTStatus.INVALID_PARAMETER, b""
+        if opened.handle.closed:
+            return NTStatus.NOTIFY_CLEANUP, b""
+        loop = self._loop = asyncio.get_running_loop()
+        watch = opened.watch
+        if watch is None:
+            if self._inotify is None:
+                self._inotify = Inotify()
+                loop.add_reader(self._inotify.fileno(), self._inotify.read_events)
+            watch = opened.watch = Watch(request.completion_filter, request.watch_tree, lambda: None)
+            try:
+                self._inotify.watch(opened.handle.fileno(), watch)
+            except OSError as exc:
+                log.warning("cannot watch a directory", extra={"error": str(exc)})
+                return NTStatus.NOT_SUPPORTED, b""
+        if not watch.changes and not watch.overflowed:
+            why: asyncio.Future[int] = loop.create_future()
+            self._notify_waiters[op.op_id] = (opened, why)
+
+            def woken() -> None:
+                if not why.done():
+                    why.set_result(NTStatus.SUCCESS)
+
+            watch.on_change = woken
+            try:
+                status = await why
+            finally:
+                self._notify_waiters.pop(op.op_id, None)
+                watch.on_change = lambda: None
+            if status != NTStatus.SUCCESS:
+                return status, b""
+        changes, watch.changes = watch.changes, []
+        overflowed, watch.overflowed = watch.overflowed, False
+        data = None if overflowed else encode_notify_information(changes, request.output_length)
+        if data is None:
+            return NTStatus.NOTIFY_ENUM_DIR, b""
+        return NTStatus.SUCCESS, encode_output_buffer_response(data)
 
     async def _lock_waiting(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         """A blocking lock (one range, no FAIL_IMMEDIATELY, MS-SMB2 3.3.5.14.2): retried each
@@ -339,10 +390,23 @@ class FsFileService:
                 waiter.set_result(woken)
 
     def cancel(self, op_id: int) -> None:
-        """A CANCEL (or the connection gone): a waiting lock answers STATUS_CANCELLED."""
+        """A CANCEL (or the connection gone): a waiting lock or CHANGE_NOTIFY answers
+        STATUS_CANCELLED."""
         waiter = self._lock_waiters.get(op_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
+        _, why = self._notify_waiters.get(op_id, (None, None))
+        if why is not None and not why.done():
+            why.set_result(NTStatus.CANCELLED)
+
+    def _end_watch(self, opened: OpenFile) -> None:
+        """On the loop: a directory open is closing; its pending CHANGE_NOTIFY is answered."""
+        if opened.watch is not None and self._inotify is not None:
+            self._inotify.unwatch(opened.watch)
+        opened.watch = None
+        for owner, why in list(self._notify_waiters.values()):
+            if owner is opened and not why.done():
+                why.set_result(NTStatus.NOTIFY_CLEANUP)
 
     def release(self, handle: object) -> None:
         if isinstance(handle, OpenFile):
@@ -355,8 +419,15 @@ class FsFileService:
     def _forget(self, opened: OpenFile) -> None:
         self._locks.release(opened)
         self._modes.remove(opened.handle.identity, opened)
+        if opened.watch is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._end_watch, opened)
 
     def close(self) -> None:
+        if self._inotify is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
         with self._guard:
             for backend in self._shares.values():
                 backend.close()

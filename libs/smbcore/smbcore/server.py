@@ -48,6 +48,7 @@ from .fileops import (
     CreateResponse,
     FileTimes,
     FlushRequest,
+    InfoType,
     LockRequest,
     QueryDirectoryRequest,
     QueryInfoRequest,
@@ -95,6 +96,7 @@ from .negotiate import (
     SecurityMode,
     SigningCapabilities,
 )
+from .notify import ChangeNotifyRequest
 from .ntstatus import NTStatus
 from .oplocks import (
     EXCLUSIVE_LEVELS,
@@ -288,6 +290,7 @@ FileRequest = (
     | SetInfoRequest
     | LockRequest
     | IoctlRequest
+    | ChangeNotifyRequest
 )
 
 
@@ -377,9 +380,11 @@ _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
     Command.QUERY_INFO: QueryInfoRequest.decode,
     Command.SET_INFO: SetInfoRequest.decode,
     Command.LOCK: LockRequest.decode,
+    Command.CHANGE_NOTIFY: ChangeNotifyRequest.parse,
 }
 #: SET_INFO classes that change a file's data size (break Level II oplocks like a write).
 _SIZE_CLASSES = frozenset({19, 20})  # FileAllocationInformation, FileEndOfFileInformation
+_NORMALIZED_NAME_CLASS = 48  # FileNormalizedNameInformation
 _DIRECTORY_ATTRIBUTE = 0x10
 #: Response bodies up to this size are joined to their header; larger ones stay a piece of their own.
 _JOIN_LIMIT = 4096
@@ -720,6 +725,8 @@ class ServerConnection:
     def _dispatch(self, op: FileOperation) -> None:
         self._events.append(op)
         self.server.mark(self)
+        if op.command is Command.CHANGE_NOTIFY:  # waits for changes: async at once, as Windows
+            self._go_async(self._waiting[op.op_id])
 
     @staticmethod
     def _as_requested(reply: _Reply, chain: _Chain) -> _Reply:
@@ -831,6 +838,13 @@ class ServerConnection:
             return self._ioctl(header, message, credits, session, tree, chain)
         if command in _FILE_DECODERS:
             request = _FILE_DECODERS[command](message)
+            if (
+                isinstance(request, QueryInfoRequest)
+                and request.info_type == InfoType.FILE
+                and request.info_class == _NORMALIZED_NAME_CLASS
+                and self.dialect != Dialect.SMB_3_1_1
+            ):  # MS-SMB2 3.3.5.20.1: only 3.1.1 may ask for it
+                return self._error(header, NTStatus.NOT_SUPPORTED, credits, session, tree_id=tree.tree_id)
             return self._file_operation(header, request, credits, session, tree, chain)
         if command is Command.OPLOCK_BREAK:
             return self._oplock_break_ack(header, message, credits, session, tree)
@@ -1390,8 +1404,10 @@ class ServerConnection:
             closed = self.server.opens.get(op.file_id)
             if closed is not None:
                 self.server.forget_open(closed)
-        partial = status == NTStatus.BUFFER_OVERFLOW and body  # data that did not all fit, still sent
-        if status != NTStatus.SUCCESS and not partial:
+        # Bodies the shell built for these statuses are sent as they are: data that did not all
+        # fit (BUFFER_OVERFLOW), an ERROR body carrying the size needed (BUFFER_TOO_SMALL).
+        kept = status in (NTStatus.BUFFER_OVERFLOW, NTStatus.BUFFER_TOO_SMALL) and body
+        if status != NTStatus.SUCCESS and not kept:
             body = encode_error()
         reply = self._reply(
             waiting.header, status, body, waiting.credits, waiting.session, waiting.tree.tree_id
