@@ -14,7 +14,7 @@ import pytest
 from smbcore import crypto
 from smbcore.auth import ClientAuthenticator, ServerAuthenticator, UserDatabase
 from smbcore.config import ServerLimits
-from smbcore.fileops import CloseRequest, CreateRequest, FileTimes, WriteRequest
+from smbcore.fileops import CloseRequest, CreateContext, CreateRequest, FileTimes, WriteRequest
 from smbcore.header import Command, Flags, Header, decode_header
 from smbcore.messages import EMPTY4, SessionSetupRequest, SessionSetupResponse, ShareType, TreeConnectRequest
 from smbcore.negotiate import Dialect
@@ -414,3 +414,31 @@ def test_session_deleted_keeps_the_signed_flag(users: UserDatabase) -> None:
     assert header.status == NTStatus.USER_SESSION_DELETED and header.flags & Flags.SIGNED
     header, _ = client.send(Command.ECHO, EMPTY4)
     assert header.status == NTStatus.USER_SESSION_DELETED and not header.flags & Flags.SIGNED
+
+
+def test_a_replayed_create_gets_the_open_its_first_try_made(users: UserDatabase) -> None:
+    state = ServerState()
+    client, shell, tree = logged_in(state, users)
+    guid = bytes(range(1, 17))
+    dh2q = CreateContext(b"DH2Q", bytes(16) + guid)
+    request = CreateRequest(0x0012019F, 0, 7, 2, 0, "f.txt", (dh2q,)).encode()
+    client.server.receive_pdu(_signed(client, Command.CREATE, request, tree))
+    shell.run_events()
+    ((first, first_body),) = _responses(client)
+    assert first.status == NTStatus.SUCCESS
+    # The replay (as a client sends it on another channel after losing the first) is answered
+    # from the table: same FileId, nothing reaches the shell, no second open.
+    replay = bytearray(_signed(client, Command.CREATE, request, tree))
+    flags = int.from_bytes(replay[16:20], "little") | Flags.REPLAY_OPERATION
+    replay[16:20] = flags.to_bytes(4, "little")
+    assert client.signer is not None
+    client.signer.sign_in_place(replay)
+    client.server.receive_pdu(bytes(replay))
+    assert client.server.events() == []
+    ((again, again_body),) = _responses(client)
+    assert again.status == NTStatus.SUCCESS and again_body[64:] == first_body[64:]
+    assert len(state.opens) == 1
+    # Reusing the CreateGuid without the replay flag is refused.
+    client.server.receive_pdu(_signed(client, Command.CREATE, request, tree))
+    ((dup, _),) = _responses(client)
+    assert dup.status == NTStatus.DUPLICATE_OBJECTID

@@ -368,6 +368,8 @@ class Open:
     oplock: OplockLevel = OplockLevel.NONE
     breaking_to: OplockLevel | None = None
     break_deadline: float = 0.0
+    create_guid: bytes | None = None  # from a DH2Q context: a replayed CREATE finds this open
+    create_response: bytes = b""  # what the CREATE answered, answered again to its replay
 
 
 _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
@@ -385,6 +387,18 @@ _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
 #: SET_INFO classes that change a file's data size (break Level II oplocks like a write).
 _SIZE_CLASSES = frozenset({19, 20})  # FileAllocationInformation, FileEndOfFileInformation
 _NORMALIZED_NAME_CLASS = 48  # FileNormalizedNameInformation
+_DURABLE_V2_REQUEST = b"DH2Q"  # SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 (MS-SMB2 2.2.13.2.11)
+
+
+def create_guid(request: CreateRequest) -> bytes | None:
+    """The CreateGuid of a CREATE's DH2Q context: what identifies the open across a replay."""
+    for context in request.contexts:
+        if context.name == _DURABLE_V2_REQUEST and len(context.data) >= 32:
+            guid = bytes(context.data[16:32])
+            return guid if any(guid) else None
+    return None
+
+
 _DIRECTORY_ATTRIBUTE = 0x10
 #: Response bodies up to this size are joined to their header; larger ones stay a piece of their own.
 _JOIN_LIMIT = 4096
@@ -418,6 +432,7 @@ class ServerState:
     ) -> None:
         self.sessions: dict[int, Session] = {}
         self.opens: dict[bytes, Open] = {}
+        self.by_create_guid: dict[tuple[int, bytes], Open] = {}  # (session id, CreateGuid)
         self.clock = clock
         self.oplock_break_timeout = oplock_break_timeout
         self._session_ids = session_ids or _default_session_ids()
@@ -470,6 +485,8 @@ class ServerState:
 
     def add_open(self, opened: Open, oplock: OplockLevel) -> None:
         self.opens[opened.file_id] = opened
+        if opened.create_guid is not None:
+            self.by_create_guid[(opened.session.session_id, opened.create_guid)] = opened
         if opened.file_key is not None:
             self._by_key.setdefault(opened.file_key, []).append(opened)
             self.set_oplock(opened, oplock)
@@ -489,6 +506,8 @@ class ServerState:
     def forget_open(self, opened: Open) -> None:
         """An open is gone (closed or dropped): out of the tables, its breaks resolved."""
         self.opens.pop(opened.file_id, None)
+        if opened.create_guid is not None:
+            self.by_create_guid.pop((opened.session.session_id, opened.create_guid), None)
         if opened.file_key is not None:
             same = self._by_key.get(opened.file_key)
             if same is not None:
@@ -1271,6 +1290,16 @@ class ServerConnection:
         file_id: bytes | None = None
         break_keys: frozenset[Hashable] = frozenset()
         if isinstance(request, CreateRequest):
+            guid = create_guid(request)
+            if guid is not None and (same := self.server.by_create_guid.get((session.session_id, guid))):
+                # MS-SMB2 3.3.5.9.10: a replay (its first try went down with a channel) gets
+                # the open that try made; any other reuse of the CreateGuid is refused.
+                if header.flags & Flags.REPLAY_OPERATION and same.tree is tree:
+                    chain.last_file_id = same.file_id
+                    return self._ok(header, same.create_response, credits, session, tree_id=tree.tree_id)
+                return self._error(
+                    header, NTStatus.DUPLICATE_OBJECTID, credits, session, tree_id=tree.tree_id
+                )
             if len(self.server.opens) >= self.limits.max_opens:
                 return self._error(
                     header, NTStatus.INSUFFICIENT_RESOURCES, credits, session, tree_id=tree.tree_id
@@ -1431,13 +1460,18 @@ class ServerConnection:
             return NTStatus.NETWORK_NAME_DELETED, b""
         request = waiting.op.request
         assert isinstance(request, CreateRequest)
-        opened = Open(self.server.new_file_id(), session, waiting.tree, result.handle, self, result.file_key)
+        opened = Open(
+            self.server.new_file_id(), session, waiting.tree, result.handle, self, result.file_key,
+            create_guid=create_guid(request),
+        )  # fmt: skip
         directory = bool(create[1].file_attributes & _DIRECTORY_ATTRIBUTE)
         others = [o.oplock for o in self.server.others_on(opened)]
         level = grant_level(request.oplock_level, others, directory=directory)
-        self.server.add_open(opened, level if result.file_key is not None else OplockLevel.NONE)
-        waiting.chain.last_file_id = opened.file_id
+        opened.oplock = level if result.file_key is not None else OplockLevel.NONE
         body = CreateResponse(create[0], create[1], opened.file_id, oplock_level=opened.oplock).encode()
+        opened.create_response = body if opened.create_guid is not None else b""
+        self.server.add_open(opened, opened.oplock)
+        waiting.chain.last_file_id = opened.file_id
         return NTStatus.SUCCESS, body
 
     def _wait_for_breaks(self, waiting: _Waiting, result: FileResult) -> None:
