@@ -85,12 +85,15 @@ class MiniClient:
         return response, bytes(pdu)
 
     def negotiate(
-        self, dialects: tuple[int, ...] = (0x0300, 0x0302, 0x0311), ciphers: tuple[int, ...] = (2, 1)
+        self,
+        dialects: tuple[int, ...] = (0x0300, 0x0302, 0x0311),
+        ciphers: tuple[int, ...] = (2, 1),
+        signing: tuple[int, ...] = (2, 1),
     ) -> NegotiateResponse:
         req = NegotiateRequest(
             dialects, SecurityMode.SIGNING_ENABLED, Capabilities.ENCRYPTION, GUID,
             (PreauthIntegrity((1,), b"salt" * 8), EncryptionCapabilities(ciphers),
-             SigningCapabilities((2, 1))),
+             SigningCapabilities(signing)),
         )  # fmt: skip
         header, pdu = self.send(Command.NEGOTIATE, req.encode())
         assert header.status == NTStatus.SUCCESS

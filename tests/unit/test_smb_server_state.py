@@ -133,10 +133,29 @@ def test_binding_refusals(users: UserDatabase) -> None:
     unsigned.session_id = first.session_id
     header, _ = unsigned.send(Command.SESSION_SETUP, SessionSetupRequest(BINDING, 1, 0, 0, b"x").encode())
     assert header.status == NTStatus.INVALID_PARAMETER
-    # Another dialect than the session's.
+    # To or from AES-GMAC signing (this session signs with GMAC), as Windows answers.
+    cmac = MiniClient(connection(state, users))
+    cmac.negotiate((0x0311,), signing=(1,))
+    assert bind(first, cmac).status == NTStatus.REQUEST_OUT_OF_SEQUENCE
+    old_dialect = MiniClient(connection(state, users))
+    old_dialect.negotiate((0x0302,))
+    assert bind(first, old_dialect).status == NTStatus.REQUEST_OUT_OF_SEQUENCE
+    # A CMAC session: a GMAC channel is refused, an HMAC one is fine, another dialect is not.
+    second = MiniClient(connection(state, users))
+    second.negotiate((0x0311,), signing=(1,))
+    second.login("alice", PASSWORD)
+    gmac = MiniClient(connection(state, users))
+    gmac.negotiate((0x0311,))
+    assert bind(second, gmac).status == NTStatus.NOT_SUPPORTED
+    hmac = MiniClient(connection(state, users))
+    hmac.negotiate((0x0311,), signing=(0,))
+    assert bind(second, hmac).status == NTStatus.SUCCESS
     other_dialect = MiniClient(connection(state, users))
     other_dialect.negotiate((0x0302,))
-    assert bind(first, other_dialect).status == NTStatus.INVALID_PARAMETER
+    assert bind(second, other_dialect).status == NTStatus.INVALID_PARAMETER
+    other_cipher = MiniClient(connection(state, users))
+    other_cipher.negotiate((0x0311,), ciphers=(1,), signing=(1,))
+    assert bind(second, other_cipher).status == NTStatus.INVALID_PARAMETER
     # Another user.
     bob = MiniClient(connection(state, users))
     bob.negotiate((0x0311,))
@@ -397,7 +416,7 @@ def test_previous_session_id_ends_the_old_session(users: UserDatabase) -> None:
 def test_binding_on_an_smb2_connection_is_not_accepted(users: UserDatabase) -> None:
     state = ServerState()
     first = MiniClient(connection(state, users))
-    first.negotiate((0x0311,))
+    first.negotiate((0x0311,), signing=(1,))
     first.login("alice", PASSWORD)
     old = MiniClient(connection(state, users))
     old.negotiate((0x0210,))

@@ -1067,7 +1067,7 @@ class ServerConnection:
         else:
             found = self.sessions.get(header.session_id)
             if found is None:
-                return self._error(header, NTStatus.USER_SESSION_DELETED, credits, None)
+                return self._session_deleted(header, credits)
             session = found
             if session.state is SessionState.VALID:
                 # Re-authentication (MS-SMB2 3.3.5.5.2): signed like any request of the session;
@@ -1228,7 +1228,11 @@ class ServerConnection:
         )
 
     def _binding_refusal(self, header: Header, message: memoryview, session: Session) -> int | None:
-        """The checks before a binding's authentication starts, in the order of 3.3.5.5."""
+        """The checks before a binding's authentication starts (MS-SMB2 3.3.5.5), in the order
+        and with the statuses Windows answers (what smbtorture's bind_negative tests expect):
+        a signing algorithm other than the session's is allowed except to or from AES-GMAC;
+        no binding on 2.x; the dialect and (3.1.1) the cipher must be the session's. The
+        ClientGuid may differ (Windows does not compare it)."""
         if not header.flags & Flags.SIGNED:
             return NTStatus.INVALID_PARAMETER
         if session.state is not SessionState.VALID or session.signer is None:
@@ -1236,15 +1240,16 @@ class ServerConnection:
         if not session.signer.verify(message):
             log.warning("bad signature on a binding request", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
+        if self.signing_algorithm != session.signing_algorithm:
+            if session.signing_algorithm == crypto.SigningAlgorithm.AES_GMAC:
+                return NTStatus.REQUEST_OUT_OF_SEQUENCE
+            if self.signing_algorithm == crypto.SigningAlgorithm.AES_GMAC:
+                return NTStatus.NOT_SUPPORTED
         if self.dialect < Dialect.SMB_3_0:
-            return NTStatus.REQUEST_NOT_ACCEPTED  # no Multichannel before 3.0 (as Windows answers)
+            return NTStatus.REQUEST_NOT_ACCEPTED  # no Multichannel before 3.0
         if self.dialect != session.dialect:
             return NTStatus.INVALID_PARAMETER
-        if self.client_guid != session.client_guid:
-            return NTStatus.USER_SESSION_DELETED
-        if self.dialect == Dialect.SMB_3_1_1 and (
-            self.cipher != session.cipher or self.signing_algorithm != session.signing_algorithm
-        ):
+        if self.dialect == Dialect.SMB_3_1_1 and self.cipher != session.cipher:
             return NTStatus.INVALID_PARAMETER
         if len(session.channels) >= self.limits.max_channels:
             return NTStatus.INSUFFICIENT_RESOURCES
