@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from smbcore import crypto
 from smbcore.auth import ClientAuthenticator, ServerAuthenticator, UserDatabase
-from smbcore.errors import RemoteProtocolError
+from smbcore.errors import RemoteProtocolError, SMBProtocolError
 from smbcore.header import Command, Flags, Header, decode_header
 from smbcore.ioctl import (
     NO_FILE_ID,
@@ -326,3 +328,24 @@ def test_reauthentication_keeps_the_session_and_its_keys(users: UserDatabase) ->
         token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
     assert header.status == NTStatus.LOGON_FAILURE and signer.verify(pdu)
     assert client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.USER_SESSION_DELETED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=4))
+def test_arbitrary_pdus_are_answered_or_end_the_connection(tmp_path_factory: pytest.TempPathFactory,
+                                                          pdus: list[bytes]) -> None:  # fmt: skip
+    """Whatever arrives (raw, or behind a valid SMB2 header), the core answers or raises the
+    protocol error; nothing else escapes (MS-SMB2 3.3.5.2)."""
+    db = UserDatabase(tmp_path_factory.mktemp("fuzz") / "users.db")
+    server = make_server(db)
+    MiniClient(server).negotiate()
+    for data in pdus:
+        for pdu in (
+            data,
+            Header(command=data[0] % 0x13 if data else 0, credits=1, message_id=1).to_bytes() + data,
+        ):
+            try:
+                server.receive_pdu(pdu)
+            except SMBProtocolError:
+                return
+            server.data_to_send()
