@@ -339,11 +339,9 @@ def test_arbitrary_pdus_are_answered_or_end_the_connection(tmp_path_factory: pyt
     db = UserDatabase(tmp_path_factory.mktemp("fuzz") / "users.db")
     server = make_server(db)
     MiniClient(server).negotiate()
-    for data in pdus:
-        for pdu in (
-            data,
-            Header(command=data[0] % 0x13 if data else 0, credits=1, message_id=1).to_bytes() + data,
-        ):
+    for i, data in enumerate(pdus, start=1):
+        command = data[0] % 0x13 if data else 0
+        for pdu in (Header(command=command, credits=1, message_id=i).to_bytes() + data, data):
             try:
                 server.receive_pdu(pdu)
             except SMBProtocolError:
