@@ -53,9 +53,11 @@ class Clock:
 
 
 def connection(state: ServerState, users: UserDatabase, **kwargs: object) -> ServerConnection:
+    if not state.shares:
+        state.add_share(Share("data"))
+        state.add_share(Share("IPC$", ShareType.PIPE))
     return ServerConnection(
         identity=ServerIdentity(b"S" * 16),
-        shares={"data": Share("data"), "IPC$": Share("IPC$", ShareType.PIPE)},
         authenticator_factory=lambda: ServerAuthenticator(users),
         initial_token=ServerAuthenticator.initial_token(),
         server=state,
@@ -461,3 +463,25 @@ def test_a_replayed_create_gets_the_open_its_first_try_made(users: UserDatabase)
     client.server.receive_pdu(_signed(client, Command.CREATE, request, tree))
     ((dup, _),) = _responses(client)
     assert dup.status == NTStatus.DUPLICATE_OBJECTID
+
+
+def test_shares_added_and_removed_at_run_time(users: UserDatabase) -> None:
+    state = ServerState(shares={"data": Share("data")})
+    client, shell, tree = logged_in(state, users)
+    open_file(client, shell, tree, "f.txt", 0)
+    path = TreeConnectRequest(0, r"\\s\vm1$").encode()
+    assert client.send(Command.TREE_CONNECT, path, sign=True)[0].status == NTStatus.BAD_NETWORK_NAME
+    state.add_share(Share("vm1$", hidden=True))
+    header, _ = client.send(Command.TREE_CONNECT, path, sign=True)
+    assert header.status == NTStatus.SUCCESS
+    hidden_tree = header.tree_id
+    open_file(client, shell, hidden_tree, "disk.qcow2", 0)
+    assert len(state.opens) == 2
+    assert state.remove_share("VM1$") is not None
+    assert len(state.opens) == 1 and state.handles_to_close()  # its opens closed, the other kept
+    header, _ = client.send(Command.ECHO, EMPTY4, sign=True, tree_id=hidden_tree)
+    close = CloseRequest(24, 0, 0, bytes(16)).to_bytes()
+    client.server.receive_pdu(_signed(client, Command.CLOSE, close, hidden_tree))
+    ((gone, _),) = _responses(client)
+    assert gone.status == NTStatus.NETWORK_NAME_DELETED
+    assert client.server.bytes_received > 0 and client.server.bytes_sent > 0

@@ -258,7 +258,7 @@ class SMBServer:
         self._by_core: dict[ServerConnection, _SMBProtocol] = {}
         self._servers: list[asyncio.Server] = []
         self._break_timer: asyncio.TimerHandle | None = None
-        self.state = ServerState(clock=self._now)
+        self.state = ServerState(clock=self._now, shares=settings.shares)
 
     @staticmethod
     def _now() -> float:

@@ -429,7 +429,10 @@ class ServerState:
         session_ids: Callable[[], int] | None = None,
         clock: Callable[[], float] = lambda: 0.0,
         oplock_break_timeout: float = OPLOCK_BREAK_TIMEOUT,
+        shares: dict[str, Share] | None = None,
     ) -> None:
+        #: The shares, by lower-case name; changed at run time with add_share/remove_share.
+        self.shares: dict[str, Share] = {name.lower(): share for name, share in (shares or {}).items()}
         self.sessions: dict[int, Session] = {}
         self.opens: dict[bytes, Open] = {}
         self.by_create_guid: dict[tuple[int, bytes], Open] = {}  # (session id, CreateGuid)
@@ -526,6 +529,22 @@ class ServerState:
     def orphan(self, handle: object) -> None:
         self._orphans.append(handle)
 
+    def add_share(self, share: Share) -> None:
+        """Serve another share (or replace one of the same name for new tree connects)."""
+        self.shares[share.name.lower()] = share
+
+    def remove_share(self, name: str) -> Share | None:
+        """Stop serving a share: its tree connects end and their opens are closed; requests on
+        them get STATUS_NETWORK_NAME_DELETED (MS-SMB2 3.3.5.2.11)."""
+        share = self.shares.pop(name.lower(), None)
+        if share is None:
+            return None
+        for session in self.sessions.values():
+            for tree_id in [t for t, tree in session.trees.items() if tree.share is share]:
+                tree = session.trees.pop(tree_id)
+                self.drop_opens(lambda o, tree=tree: o.tree is tree)  # type: ignore[misc]
+        return share
+
     def remove_session(self, session: Session) -> None:
         """LOGOFF, a failed re-authentication, PreviousSessionId, or the last channel gone:
         the session leaves every table and its opens are closed (MS-SMB2 3.3.5.6)."""
@@ -617,7 +636,7 @@ class ServerConnection:
         self,
         *,
         identity: ServerIdentity,
-        shares: dict[str, Share],
+        shares: dict[str, Share] | None = None,
         authenticator_factory: Callable[[], Authenticator],
         initial_token: bytes,
         limits: ServerLimits | None = None,
@@ -630,8 +649,7 @@ class ServerConnection:
         self.limits = limits or ServerLimits()
         self.policy = policy or ServerPolicy()
         self.identity = identity
-        self.shares = {name.lower(): share for name, share in shares.items()}
-        self.server = server or ServerState()
+        self.server = server or ServerState(shares=shares)
         self._auth_factory = authenticator_factory
         self._initial_token = initial_token
         self._system_time = system_time
@@ -656,6 +674,9 @@ class ServerConnection:
         self._events: list[Event] = []
         self._async_ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
+        #: Bytes of SMB2 traffic (PDUs, transform headers included, framing not) in each direction.
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     # -- I/O boundary ------------------------------------------------------------------------
 
@@ -670,6 +691,7 @@ class ServerConnection:
         if self.state is ConnState.CLOSED:
             raise RemoteProtocolError("connection closed")
         view = memoryview(pdu)
+        self.bytes_received += view.nbytes
         try:
             if bytes(view[:4]) == TRANSFORM_PROTOCOL_ID:
                 plain, session = self._decrypt(view)
@@ -805,6 +827,7 @@ class ServerConnection:
             nonce = crypto.random_nonce(self.cipher, self._randbytes)
             key = encrypt_for.keys.encryption_key(server=True)
             pieces = [crypto.encrypt(pieces, key, self.cipher, encrypt_for.session_id, nonce)]
+        self.bytes_sent += sum(len(piece) for piece in pieces)
         self._out.append(pieces)
         self.server.mark(self)
 
@@ -1579,7 +1602,7 @@ class ServerConnection:
     ) -> _Reply:
         req = TreeConnectRequest.decode(message)
         name = req.share_name
-        share = self.shares.get(name.lower())
+        share = self.server.shares.get(name.lower())
         if share is None:
             return self._error(header, NTStatus.BAD_NETWORK_NAME, credits, session)
         if session.user is None or not share.allows(session.user):
