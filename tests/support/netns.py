@@ -4,19 +4,28 @@ Addresses come from 198.18.0.0/15 (RFC 2544, set aside for benchmarking networks
 test traffic can be mistaken for traffic to anything real. Every object this module
 creates is named with the ``fyt`` prefix, and :func:`sweep` removes leftovers of an
 earlier, killed run.
+
+Each run's objects carry its tag (:func:`short_id`); a run claims its tag (:func:`claim`, a
+file under :data:`OWNERS` holding its pid) while it lives, and :func:`sweep` leaves alone what
+carries the tag of a live process, so a test session that starts while another one runs does
+not pull the other's namespaces away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PREFIX = "fyt"
+#: One file per live tag, named after it, holding the owner's pid (tmpfs: gone on reboot).
+OWNERS = Path("/run/fyt-owners")
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> str:
@@ -31,14 +40,56 @@ def ip_json(*args: str, ns: str | None = None) -> Any:
     return json.loads(ip("-j", *args, ns=ns) or "[]")
 
 
+def claim(tag: str) -> None:
+    """Mark ``tag`` as this process's, so that :func:`sweep` spares the objects that carry it."""
+    OWNERS.mkdir(mode=0o700, exist_ok=True)
+    (OWNERS / tag).write_text(str(os.getpid()))
+
+
+def release(tag: str) -> None:
+    with contextlib.suppress(OSError):
+        (OWNERS / tag).unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_tags() -> set[str]:
+    """Tags claimed by processes that still run; stale claims are removed."""
+    tags = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in OWNERS.iterdir():
+            try:
+                pid = int(entry.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                tags.add(entry.name)
+            else:
+                release(entry.name)
+    return tags
+
+
 def sweep() -> None:
-    """Delete namespaces and root-namespace links left by an earlier run."""
+    """Delete namespaces and root-namespace links left by an earlier run (not a live one's)."""
+    spared = live_tags()
+
+    def leftover(name: str) -> bool:
+        return name.startswith(PREFIX) and not any(tag in name for tag in spared)
+
     for line in ip("netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(PREFIX):
+        if leftover(name):
             ip("netns", "delete", name, check=False)
     for link in ip_json("link", "show"):
-        if link["ifname"].startswith(PREFIX):
+        if leftover(link["ifname"]):
             ip("link", "delete", link["ifname"], check=False)
 
 
@@ -99,6 +150,9 @@ class Lab:
     bridge: str | None = None
     gateway: str = "198.18.0.1"
 
+    def __post_init__(self) -> None:
+        claim(self.tag)
+
     def setup_bridge(self) -> None:
         self.bridge = f"{PREFIX}br{self.tag}"
         ip("link", "add", self.bridge, "type", "bridge")
@@ -134,3 +188,4 @@ class Lab:
         if self.bridge is not None:
             ip("link", "delete", self.bridge, check=False)
             self.bridge = None
+        release(self.tag)

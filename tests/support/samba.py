@@ -6,6 +6,10 @@ nothing under /etc/samba or /var/lib/samba is read or written. smbd needs a Unix
 behind each passdb user: the account is ``root``, the user the tests run as (as
 scripts/bench_smb.py does), so no system user is created. smbd runs in its own process
 group (it forks a child per connection), stopped as a group at the end.
+
+By default smbd listens on 127.0.0.1; given a network namespace it runs inside it, bound to
+the addresses it is given (:func:`multichannel_options` advertises them, with speeds and
+capabilities, to Multichannel clients).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import IN_CI
+from tests.support.netns import Namespace
 from tests.support.procs import free_port
 
 SAMBA_USER = "root"
@@ -70,6 +75,7 @@ class SambaServer:
     user: str = SAMBA_USER
     password: str = SAMBA_PASSWORD
     shares: dict[str, Path] = field(default_factory=dict)
+    netns: Namespace | None = None
 
     def check_alive(self) -> None:
         code = self.process.poll()
@@ -88,6 +94,26 @@ class SambaServer:
             ["smbcontrol", "-s", str(self.conf), "smbd", "kill-client-ip", address],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
+
+    def listening(self) -> bool:
+        """Whether smbd accepts connections on its host and port (inside its namespace, if any)."""
+        if self.netns is None:
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.5):
+                return True
+            return False
+        listeners = self.netns.run(["ss", "-Hltn", f"sport = :{self.port}"], check=False).stdout
+        return any(f"{self.host}:{self.port}" in line.split() for line in listeners.splitlines())
+
+
+def multichannel_options(addresses: Sequence[str], speed_bps: int, *, rss: bool = True) -> dict[str, str]:
+    """smb.conf options for Multichannel on ``addresses`` (bound to them alone), each advertised
+    in FSCTL_QUERY_NETWORK_INTERFACE_INFO with ``speed_bps`` and, with ``rss``, RSS capability."""
+    capability = ",capability=RSS" if rss else ""
+    return {
+        "server multi channel support": "yes",
+        "interfaces": " ".join(f'"{a};speed={speed_bps}{capability}"' for a in addresses),
+        "bind interfaces only": "yes",
+    }
 
 
 def write_conf(base: Path, port: int, shares: dict[str, dict[str, str]], options: dict[str, str]) -> Path:
@@ -146,8 +172,16 @@ def samba_server(
     *,
     shares: dict[str, dict[str, str]] | None = None,
     options: dict[str, str] | None = None,
+    netns: Namespace | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> Iterator[SambaServer]:
-    """Start smbd on 127.0.0.1 (a free port) with ``shares`` under ``tmp``; stop it after."""
+    """Start smbd with ``shares`` under ``tmp``; stop it after.
+
+    It listens on ``host`` (127.0.0.1 by default; with ``netns``, an address in that namespace,
+    and smbd runs inside it), on ``port`` or a free one. ``options`` override the generated
+    [global] settings, e.g. :func:`multichannel_options` for its ``interfaces`` line.
+    """
     smbd = require_samba()
     base = tmp / "samba"
     base.mkdir(parents=True)
@@ -158,8 +192,8 @@ def samba_server(
     for name in shares:
         share_dirs[name] = base / "shares" / name
         share_dirs[name].mkdir(parents=True)
-    port = free_port()
-    conf = write_conf(base, port, shares, options or {})
+    port = port or free_port()
+    conf = write_conf(base, port, shares, {"interfaces": host, **(options or {})})
     password = f"{SAMBA_PASSWORD}\n{SAMBA_PASSWORD}\n"
     added = subprocess.run(
         ["pdbedit", "-s", str(conf), "-a", "-u", SAMBA_USER, "-t"],
@@ -170,15 +204,16 @@ def samba_server(
     log = base / "log" / "smbd.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [smbd, "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf)],
+            [*(["ip", "netns", "exec", netns.name] if netns else []),  # ip execs smbd: same pid
+             smbd, "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    server = SambaServer(base, conf, port, process, log, shares=share_dirs)
+    server = SambaServer(base, conf, port, process, log, host=host, shares=share_dirs, netns=netns)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             server.check_alive()
-            with contextlib.suppress(OSError), socket.create_connection((server.host, port), 0.5):
+            if server.listening():
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"smbd did not listen on port {port}:\n{server.log_tail()}")
