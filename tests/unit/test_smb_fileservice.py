@@ -25,6 +25,7 @@ from smbcore.fileops import (
     WriteRequest,
 )
 from smbcore.fileservice import FsFileService, OpenFile
+from smbcore.fs import STATUS_CANNOT_DELETE
 from smbcore.header import Command
 from smbcore.notify import Action, ChangeNotifyRequest, CompletionFilter, decode_notify_information
 from smbcore.ntstatus import NTStatus
@@ -487,3 +488,285 @@ async def test_change_notify_reports_changes_and_ends_on_cancel_and_close(
     close = FileOperation(14, Command.CLOSE, CloseRequest(24, 0, 0, FID), share, "alice", directory, FID)
     assert (await svc.run(close))[0].status == NTStatus.SUCCESS
     assert (await asyncio.wait_for(waiting, 5))[0].status == NTStatus.NOTIFY_CLEANUP
+
+
+# -- delete pending (MS-FSA 2.1.5.4, 2.1.5.15.3) ----------------------------------------------------
+
+DELETE, SYNCHRONIZE, DELETE_ON_CLOSE = 0x10000, 0x100000, 0x1000
+
+
+def close(svc: FsFileService, share: Share, opened: OpenFile) -> int:
+    return svc.run_sync(op(Command.CLOSE, CloseRequest(24, 0, 0, FID), share, opened))[0].status
+
+
+def dispose(svc: FsFileService, share: Share, opened: OpenFile, delete: bool = True) -> int:
+    return set_info(svc, share, opened, InfoType.FILE, FileInfoClass.DISPOSITION, bytes([delete]))
+
+
+def delete_pending(svc: FsFileService, share: Share, opened: OpenFile) -> bool:
+    status, standard = query(svc, share, opened, InfoType.FILE, FileInfoClass.STANDARD)
+    assert status == NTStatus.SUCCESS
+    return bool(standard[20])
+
+
+def create_dir(svc: FsFileService, share: Share, name: str, access: int, sharing: int) -> tuple[int, object]:
+    request = CreateRequest(access, 0, sharing, 1, 0x1, name)  # FILE_OPEN, FILE_DIRECTORY_FILE
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    return result.status, result.handle
+
+
+def opened(result: tuple[int, object]) -> OpenFile:
+    status, handle = result
+    assert status == NTStatus.SUCCESS and isinstance(handle, OpenFile), status
+    return handle
+
+
+def test_a_disposed_file_stays_until_its_last_open_closes(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    (root / "d" / "f.bin").write_bytes(b"data")
+    a = opened(create(svc, share, "d\\f.bin", READ_DATA | DELETE, 7, disposition=1))
+    b = opened(create(svc, share, "d\\f.bin", READ_DATA, 7, disposition=1))
+    assert dispose(svc, share, a) == NTStatus.SUCCESS
+    assert delete_pending(svc, share, b)  # every open sees it
+    # New opens of any kind are refused; the file stays listed and its directory stays.
+    assert create(svc, share, "d\\f.bin", READ_ATTRIBUTES, 7, disposition=1)[0] == NTStatus.DELETE_PENDING
+    assert create(svc, share, "d\\f.bin", READ_DATA, 7, disposition=2)[0] == NTStatus.DELETE_PENDING
+    d = opened(create_dir(svc, share, "d", DELETE, 7))
+    assert dispose(svc, share, d) == NTStatus.DIRECTORY_NOT_EMPTY
+    assert close(svc, share, a) == NTStatus.SUCCESS
+    assert (root / "d" / "f.bin").exists()  # b still has it open
+    assert close(svc, share, b) == NTStatus.SUCCESS
+    assert not (root / "d" / "f.bin").exists()
+    assert dispose(svc, share, d) == NTStatus.SUCCESS
+    svc.release(d)  # an abandoned open deletes like a closed one
+    assert not (root / "d").exists()
+
+
+def test_a_disposition_can_be_taken_back(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, root = service
+    (root / "f.bin").write_bytes(b"data")
+    a = opened(create(svc, share, "f.bin", READ_DATA | DELETE, 7, disposition=1))
+    b = opened(create(svc, share, "f.bin", READ_DATA | DELETE, 7, disposition=1))
+    assert dispose(svc, share, a) == NTStatus.SUCCESS
+    assert dispose(svc, share, b, delete=False) == NTStatus.SUCCESS  # any open may take it back
+    assert not delete_pending(svc, share, a)
+    close(svc, share, a)
+    close(svc, share, b)
+    assert (root / "f.bin").exists()
+    reader = opened(create(svc, share, "f.bin", READ_DATA, 7, disposition=1))
+    assert dispose(svc, share, reader) == NTStatus.ACCESS_DENIED  # needs DELETE, either way
+    assert dispose(svc, share, reader, delete=False) == NTStatus.ACCESS_DENIED
+    close(svc, share, reader)
+
+
+def test_delete_on_close_makes_the_file_delete_pending_when_that_open_closes(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    (root / "f.bin").write_bytes(b"data")
+    request = CreateRequest(READ_DATA | DELETE, 0, 7, 1, DELETE_ON_CLOSE, "f.bin")
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    doc = opened((result.status, result.handle))
+    other = opened(create(svc, share, "f.bin", READ_DATA, 7, disposition=1))  # still allowed
+    assert not delete_pending(svc, share, other)
+    close(svc, share, doc)
+    assert (root / "f.bin").exists() and delete_pending(svc, share, other)
+    assert create(svc, share, "f.bin", READ_DATA, 7, disposition=1)[0] == NTStatus.DELETE_PENDING
+    close(svc, share, other)
+    assert not (root / "f.bin").exists()
+    # A directory opened with FILE_DELETE_ON_CLOSE that is not empty at close just stays.
+    (root / "d").mkdir()
+    (root / "d" / "x").write_bytes(b"")
+    request = CreateRequest(DELETE, 0, 7, 1, DELETE_ON_CLOSE | 0x1, "d")
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    close(svc, share, opened((result.status, result.handle)))
+    assert (root / "d").exists()
+    close(svc, share, opened(create_dir(svc, share, "d", READ_DATA, 7)))
+
+
+def test_a_delete_pending_file_is_refused_before_its_oplocks_break(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, _ = service
+    a = opened(create(svc, share, "f.bin", READ_DATA | DELETE, 7))
+    assert dispose(svc, share, a) == NTStatus.SUCCESS
+    key = a.handle.identity
+    status, _ = create(svc, share, "f.bin", READ_DATA, 7, disposition=1, break_keys=frozenset({key}))
+    assert status == NTStatus.DELETE_PENDING
+    close(svc, share, a)
+
+
+def test_a_read_only_file_created_to_be_deleted_on_close_is_refused(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    request = CreateRequest(READ_DATA | DELETE, fi.FileAttributes.READONLY, 7, 2, DELETE_ON_CLOSE, "ro.bin")
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    assert result.status == STATUS_CANNOT_DELETE
+    assert not (root / "ro.bin").exists()
+
+
+# -- renames and other opens (MS-FSA 2.1.5.15.12) -------------------------------------------------
+
+
+def rename(svc: FsFileService, share: Share, handle: OpenFile, target: str, replace: bool = False) -> int:
+    buffer = fi.RenameInformation(replace, target).encode()
+    return set_info(svc, share, handle, InfoType.FILE, FileInfoClass.RENAME, buffer)
+
+
+DIR_ALL = 0x1F01FF
+
+
+def test_a_rename_opens_the_target_directory_as_windows_does(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    f = opened(create(svc, share, "d\\f.bin", READ_DATA | DELETE, 0))
+    parent = opened(create_dir(svc, share, "d", DIR_ALL, 7))  # with DELETE: conflicts
+    assert rename(svc, share, f, "d\\g.bin") == NTStatus.SHARING_VIOLATION
+    close(svc, share, parent)
+    parent = opened(create_dir(svc, share, "d", DIR_ALL & ~DELETE, 0))  # shares no writing
+    assert rename(svc, share, f, "d\\g.bin") == NTStatus.SHARING_VIOLATION
+    close(svc, share, parent)
+    parent = opened(create_dir(svc, share, "d", DIR_ALL & ~DELETE, 7))
+    assert rename(svc, share, f, "d\\g.bin") == NTStatus.SUCCESS
+    assert (root / "d" / "g.bin").exists()
+    close(svc, share, parent)
+    close(svc, share, f)
+
+
+def test_renames_other_opens_forbid_and_follow(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    inner = opened(create(svc, share, "d\\f.bin", READ_DATA, 7))
+    d = opened(create_dir(svc, share, "d", DELETE | READ_ATTRIBUTES, 7))
+    assert rename(svc, share, d, "e") == NTStatus.ACCESS_DENIED  # an open file below it
+    close(svc, share, inner)
+    assert rename(svc, share, d, "e") == NTStatus.SUCCESS
+    close(svc, share, d)
+    (root / "victim.bin").write_bytes(b"v")
+    victim = opened(create(svc, share, "victim.bin", READ_DATA, 7, disposition=1))
+    a = opened(create(svc, share, "a.bin", READ_DATA | DELETE, 7))
+    b = opened(create(svc, share, "a.bin", READ_DATA | DELETE, 7, disposition=1))
+    assert rename(svc, share, a, "victim.bin", replace=True) == NTStatus.ACCESS_DENIED  # open: kept
+    close(svc, share, victim)
+    assert rename(svc, share, a, "e\\moved.bin", replace=False) == NTStatus.SUCCESS
+    status, name = query(svc, share, b, InfoType.FILE, FileInfoClass.NAME)  # b follows a's rename
+    assert status == NTStatus.SUCCESS and name[4:].decode("utf-16-le") == "\\e\\moved.bin"
+    close(svc, share, a)
+    assert dispose(svc, share, b) == NTStatus.SUCCESS
+    close(svc, share, b)  # deletes at the new name
+    assert not (root / "e" / "moved.bin").exists() and (root / "victim.bin").exists()
+
+
+# -- byte-range lock details (MS-SMB2 3.3.5.14, smbtorture smb2.lock) --------------------------------
+
+EX = LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY
+SH = LockFlags.SHARED | LockFlags.FAIL_IMMEDIATELY
+UN = LockFlags.UNLOCK
+
+#: (first lock, second lock, status of the second): a zero-length lock is a point that contends
+#: with a range strictly around it.
+ZERO_BYTE_LOCKS = [
+    ((10, 0), (10, 0), NTStatus.SUCCESS),
+    ((10, 0), (9, 1), NTStatus.SUCCESS),
+    ((10, 0), (10, 1), NTStatus.SUCCESS),
+    ((10, 0), (11, 1), NTStatus.SUCCESS),
+    ((10, 0), (9, 2), NTStatus.LOCK_NOT_GRANTED),
+    ((10, 0), (10, 2), NTStatus.SUCCESS),
+    ((10, 0), (9, 3), NTStatus.LOCK_NOT_GRANTED),
+    ((9, 1), (10, 0), NTStatus.SUCCESS),
+    ((9, 2), (10, 0), NTStatus.LOCK_NOT_GRANTED),
+    ((10, 2), (10, 0), NTStatus.SUCCESS),
+    ((9, 3), (10, 0), NTStatus.LOCK_NOT_GRANTED),
+    ((0, 0), (0, 0), NTStatus.SUCCESS),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "expected"), ZERO_BYTE_LOCKS)
+@pytest.mark.parametrize("same_open", [True, False])
+def test_zero_length_locks(
+    service: tuple[FsFileService, Share, Path],
+    first: tuple[int, int],
+    second: tuple[int, int],
+    expected: int,
+    same_open: bool,
+) -> None:
+    svc, share, _ = service
+    a = open_file(svc, share, "f.bin")
+    b = a if same_open else open_file(svc, share, "f.bin", disposition=1)
+    assert lock(svc, share, a, (*first, EX)) == NTStatus.SUCCESS
+    assert lock(svc, share, b, (*second, EX)) == expected
+    svc.release(a)
+    if b is not a:
+        svc.release(b)
+
+
+def test_unlock_flags_and_stacked_locks(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, _ = service
+    a = open_file(svc, share, "f.bin")
+    b = open_file(svc, share, "f.bin", disposition=1)
+    assert lock(svc, share, a, (0, 10, EX)) == NTStatus.SUCCESS
+    for flags in (UN | LockFlags.SHARED, UN | LockFlags.EXCLUSIVE, UN | LockFlags.FAIL_IMMEDIATELY):
+        assert lock(svc, share, a, (0, 10, flags)) == NTStatus.INVALID_PARAMETER
+    assert lock(svc, share, a, (0, 10, 0)) == NTStatus.INVALID_PARAMETER  # neither shared nor exclusive
+    assert lock(svc, share, a, (0, 10, 0x8 | LockFlags.SHARED)) == NTStatus.INVALID_PARAMETER  # unknown bit
+    assert lock(svc, share, a, (0, 10, EX)) == NTStatus.LOCK_NOT_GRANTED  # two exclusive never stack
+    assert lock(svc, share, a, (0, 10, SH)) == NTStatus.SUCCESS  # shared on the open's own exclusive
+    assert lock(svc, share, b, (5, 10, SH)) == NTStatus.LOCK_NOT_GRANTED
+    assert lock(svc, share, a, (0, 10, UN)) == NTStatus.SUCCESS  # the exclusive one goes first
+    assert lock(svc, share, b, (5, 10, SH)) == NTStatus.SUCCESS
+    assert lock(svc, share, b, (5, 10, UN)) == NTStatus.SUCCESS
+    assert lock(svc, share, a, (0, 10, UN)) == NTStatus.SUCCESS
+    assert lock(svc, share, a, (0, 10, UN)) == NTStatus.RANGE_NOT_LOCKED
+    # Unlocks are done in order: those before a failure stay done.
+    assert lock(svc, share, a, (0, 10, EX)) == NTStatus.SUCCESS
+    assert lock(svc, share, a, (0, 10, UN), (20, 10, UN)) == NTStatus.RANGE_NOT_LOCKED
+    assert lock(svc, share, b, (0, 10, EX)) == NTStatus.SUCCESS
+    svc.release(a)
+    svc.release(b)
+
+
+def sequenced(svc: FsFileService, share: Share, opened: OpenFile, sequence: int, flags: int) -> int:
+    request = LockRequest(FID, (LockElement(100, 100, flags),), sequence)
+    return svc.run_sync(op(Command.LOCK, request, share, opened))[0].status
+
+
+def test_lock_sequence_replays_are_answered_without_acting(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, _ = service
+    a = open_file(svc, share, "f.bin")
+    # Index 0 (and above 64) takes no part: the second lock contends with the first.
+    assert sequenced(svc, share, a, 0x001, EX) == NTStatus.SUCCESS
+    assert sequenced(svc, share, a, 0x001, EX) == NTStatus.LOCK_NOT_GRANTED
+    assert sequenced(svc, share, a, 0x411, UN) == NTStatus.SUCCESS
+    assert sequenced(svc, share, a, 0x411, UN) == NTStatus.RANGE_NOT_LOCKED
+    # Index 1: the same number again is a replay, whatever it asks.
+    assert sequenced(svc, share, a, 0x011, EX) == NTStatus.SUCCESS
+    assert sequenced(svc, share, a, 0x011, EX) == NTStatus.SUCCESS
+    assert sequenced(svc, share, a, 0x011, UN) == NTStatus.SUCCESS  # not carried out: still locked
+    assert sequenced(svc, share, a, 0x012, EX) == NTStatus.LOCK_NOT_GRANTED
+    assert sequenced(svc, share, a, 0x012, EX) == NTStatus.LOCK_NOT_GRANTED  # failures record nothing
+    assert sequenced(svc, share, a, 0x402, UN) == NTStatus.SUCCESS  # index 64: unlocked
+    assert sequenced(svc, share, a, 0x402, EX) == NTStatus.SUCCESS  # replay: not locked again
+    assert sequenced(svc, share, a, 0x403, UN) == NTStatus.RANGE_NOT_LOCKED
+    svc.release(a)
+
+
+async def test_a_waiting_lock_ends_when_its_open_closes(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, _ = service
+    a = open_file(svc, share, "f.bin")
+    b = open_file(svc, share, "f.bin", disposition=1)
+    assert lock(svc, share, a, (0, 10, EX)) == NTStatus.SUCCESS
+    blocking = LockRequest(FID, (LockElement(0, 10, LockFlags.EXCLUSIVE),))
+    waiting = asyncio.ensure_future(svc.run(FileOperation(7, Command.LOCK, blocking, share, "alice", b, FID)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    closing = FileOperation(8, Command.CLOSE, CloseRequest(24, 0, 0, FID), share, "alice", b, FID)
+    assert (await svc.run(closing))[0].status == NTStatus.SUCCESS
+    result, _ = await asyncio.wait_for(waiting, 5)
+    assert result.status == NTStatus.RANGE_NOT_LOCKED
+    svc.release(a)

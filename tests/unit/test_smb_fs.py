@@ -380,6 +380,54 @@ def test_delete_on_close_spares_a_replacement(share: FsShare, root: Path) -> Non
     assert (root / "file.txt").read_bytes() == b"someone else's"
 
 
+def test_close_is_told_whether_to_delete(share: FsShare, root: Path) -> None:
+    """A server with several opens of the file decides which close deletes it."""
+    h = share.open("file.txt", D.OPEN, 0, DELETE)
+    h.set_delete_on_close(True)
+    h.close(delete=False)
+    assert (root / "file.txt").exists()
+    share.open("file.txt", D.OPEN, 0, DELETE).close(delete=True)
+    assert not (root / "file.txt").exists()
+
+
+def test_check_delete_and_is_empty(share: FsShare, root: Path) -> None:
+    with share.open("dir", D.OPEN, O.DIRECTORY_FILE, DELETE) as h:
+        assert not h.is_empty()
+        assert refused(h.check_delete) == NTStatus.DIRECTORY_NOT_EMPTY
+        h.check_delete(check_empty=False)
+        assert not h.delete_on_close  # checking marks nothing
+    (root / "dir" / "inner.bin").unlink()
+    with share.open("dir", D.OPEN, O.DIRECTORY_FILE, DELETE) as h:
+        assert h.is_empty()
+        h.check_delete()
+    with share.open("file.txt", D.OPEN, 0, DELETE) as h:
+        assert not h.is_empty()  # a file never is
+    with share.open("file.txt", D.OPEN, 0, READ) as h:
+        assert refused(h.check_delete) == NTStatus.ACCESS_DENIED
+
+
+def test_read_only_delete_on_close_create_is_refused_before_creating(share: FsShare, root: Path) -> None:
+    ro = FileAttributes.READONLY
+    opts = O.DELETE_ON_CLOSE
+    assert refused(share.open, "new.txt", D.CREATE, opts, ALL, file_attributes=ro) == STATUS_CANNOT_DELETE
+    assert not (root / "new.txt").exists()
+    # Only for a file being created: an existing writable file opens (its attributes are not replaced).
+    with share.open("file.txt", D.OPEN_IF, opts, ALL, file_attributes=ro) as h:
+        assert h.delete_on_close
+
+
+def test_before_open_sees_an_existing_target_before_create_collides(share: FsShare) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def pending(key: tuple[int, int]) -> None:
+        seen.append(key)
+        raise FsError(NTStatus.DELETE_PENDING, "being deleted")
+
+    assert refused(share.open, "file.txt", D.CREATE, 0, READ, pending) == NTStatus.DELETE_PENDING
+    assert len(seen) == 1
+    assert share.open("new.txt", D.CREATE, 0, RW, pending).create_action == A.CREATED  # nothing there
+
+
 # -- rename ----------------------------------------------------------------------------------------
 
 
@@ -400,6 +448,32 @@ def test_rename(share: FsShare, root: Path) -> None:
         h.rename("final.txt", replace=False)  # delete-on-close follows the new name
         assert h.pread(100, 0) == CONTENT
     assert sorted(p.name for p in root.iterdir()) == ["dir"]
+
+
+def test_rename_callback_and_other_opens_following(share: FsShare, root: Path) -> None:
+    (root / "other.txt").write_bytes(b"other")
+    calls: list[tuple[tuple[int, int], tuple[int, int] | None]] = []
+    dir_st = (root / "dir").stat()
+    other_st = (root / "other.txt").stat()
+    with (
+        share.open("file.txt", D.OPEN, 0, DELETE | READ) as a,
+        share.open("file.txt", D.OPEN, 0, DELETE) as b,
+    ):
+        a.rename("dir\\moved.txt", False, lambda d, r: calls.append((d, r)))
+        assert calls == [((dir_st.st_dev, dir_st.st_ino), None)]
+
+        def refuse(directory: tuple[int, int], replaced: tuple[int, int] | None) -> None:
+            raise FsError(NTStatus.SHARING_VIOLATION, "no")
+
+        assert refused(a.rename, "x.txt", False, refuse) == NTStatus.SHARING_VIOLATION
+        assert (root / "dir" / "moved.txt").exists()  # a refused rename moves nothing
+        calls.clear()
+        a.rename("other.txt", True, lambda d, r: calls.append((d, r)))
+        assert calls[0][1] == (other_st.st_dev, other_st.st_ino)  # the file it replaces
+        b.follow_rename(a)
+        assert b.smb_path == "other.txt" and b.open_info().name == "\\other.txt"
+        b.set_delete_on_close(True)
+    assert sorted(p.name for p in root.iterdir()) == ["dir"]  # b deleted it at its new name
 
 
 def test_rename_directory_and_access(share: FsShare, root: Path) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import RemoteProtocolError
@@ -30,10 +30,14 @@ from .fileinfo import (
     STATUS_EAS_NOT_SUPPORTED,
     STATUS_NO_EAS_ON_FILE,
     AccessMask,
+    DispositionFlags,
+    DispositionInformation,
+    DispositionInformationEx,
     FileAttributes,
     FileInfoClass,
     FileStat,
     FullEa,
+    RenameInformation,
     check_ea_name,
     decode_full_ea,
     decode_set_file_info,
@@ -78,6 +82,9 @@ log = logging.getLogger(__name__)
 MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
 
 FILE_SHARE_READ, FILE_SHARE_WRITE, FILE_SHARE_DELETE = 0x1, 0x2, 0x4
+CREATE_DISPOSITION = 2  # FILE_CREATE: never opens an existing file
+#: How a rename opens the target's directory (FILE_ADD_FILE | SYNCHRONIZE).
+_ADD_FILE_ACCESS = AccessMask.FILE_WRITE_DATA | 0x00100000
 _READS = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
 _WRITES = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
 _DELETES = AccessMask.DELETE
@@ -102,42 +109,89 @@ class _Sharing:
         return False
 
 
-class ShareModes:
-    """Who has each file open with which access and sharing (server-wide, thread-safe)."""
+@dataclass
+class _File:
+    """What the server knows of one file across its opens."""
+
+    opens: dict[int, OpenFile] = field(default_factory=dict)  # id(open) -> open, every open
+    sharing: dict[int, _Sharing] = field(default_factory=dict)  # the opens share modes concern
+    delete_pending: bool = False
+
+
+class OpenFiles:
+    """Every open file of the server by (st_dev, st_ino), thread-safe: who has it open with
+    which access and sharing (MS-FSA 2.1.5.1.2), and whether it is to be deleted once its
+    last open closes (delete pending, MS-FSA 2.1.5.4, 2.1.5.15.3). While a file is delete
+    pending it stays where it is (listed, keeping its directory from being removed) and new
+    opens of it are refused with STATUS_DELETE_PENDING."""
 
     def __init__(self) -> None:
-        self._opens: dict[tuple[int, int], dict[int, _Sharing]] = {}
+        self._files: dict[tuple[int, int], _File] = {}
         self._guard = threading.Lock()
 
-    def check(self, key: tuple[int, int], access: int, share_access: int) -> None:
-        """Raise STATUS_SHARING_VIOLATION if an open like this would conflict."""
-        wanted = _Sharing(access, share_access)
-        if not access & _SHARE_CHECKED:
+    def _refuse(self, file: _File | None, wanted: _Sharing) -> None:
+        if file is None:
             return
+        if file.delete_pending:
+            raise FsError(NTStatus.DELETE_PENDING, "the file is to be deleted once its opens close")
+        if wanted.access & _SHARE_CHECKED and any(wanted.conflicts(held) for held in file.sharing.values()):
+            raise FsError(NTStatus.SHARING_VIOLATION, "the file is open with a conflicting share mode")
+
+    def check(self, key: tuple[int, int], access: int, share_access: int) -> None:
+        """Raise STATUS_DELETE_PENDING or STATUS_SHARING_VIOLATION if an open like this would be
+        refused."""
         with self._guard:
-            if any(wanted.conflicts(held) for held in self._opens.get(key, {}).values()):
-                raise FsError(NTStatus.SHARING_VIOLATION, "the file is open with a conflicting share mode")
+            self._refuse(self._files.get(key), _Sharing(access, share_access))
+
+    def check_pending(self, key: tuple[int, int]) -> None:
+        """Raise STATUS_DELETE_PENDING if the file is delete pending."""
+        self.check(key, 0, 0)
 
     def add(self, key: tuple[int, int], opened: OpenFile, access: int, share_access: int) -> None:
         """Register an open, checking again under the lock (another open may have won the race)."""
-        if not access & _SHARE_CHECKED:
-            return
         wanted = _Sharing(access, share_access)
         with self._guard:
-            held = self._opens.setdefault(key, {})
-            if any(wanted.conflicts(h) for h in held.values()):
-                if not held:
-                    del self._opens[key]
-                raise FsError(NTStatus.SHARING_VIOLATION, "the file is open with a conflicting share mode")
-            held[id(opened)] = wanted
+            self._refuse(self._files.get(key), wanted)
+            file = self._files.setdefault(key, _File())
+            file.opens[id(opened)] = opened
+            if access & _SHARE_CHECKED:
+                file.sharing[id(opened)] = wanted
 
-    def remove(self, key: tuple[int, int], opened: OpenFile) -> None:
+    def set_delete_pending(self, key: tuple[int, int], pending: bool) -> None:
         with self._guard:
-            held = self._opens.get(key)
-            if held is not None:
-                held.pop(id(opened), None)
-                if not held:
-                    del self._opens[key]
+            file = self._files.get(key)
+            if file is not None:
+                file.delete_pending = pending
+
+    def delete_pending(self, key: tuple[int, int]) -> bool:
+        with self._guard:
+            file = self._files.get(key)
+            return file is not None and file.delete_pending
+
+    def remove(self, key: tuple[int, int], opened: OpenFile, *, delete_on_close: bool = False) -> bool:
+        """An open is closing (``delete_on_close``: it was opened with FILE_DELETE_ON_CLOSE,
+        which makes the file delete pending now). True when it was the file's last open and
+        the file is delete pending: the caller deletes it."""
+        with self._guard:
+            file = self._files.get(key)
+            if file is None or file.opens.pop(id(opened), None) is None:
+                return False
+            file.sharing.pop(id(opened), None)
+            file.delete_pending = file.delete_pending or delete_on_close
+            if file.opens:
+                return False
+            del self._files[key]
+            return file.delete_pending
+
+    def opens(self) -> list[OpenFile]:
+        """Every open of every file (a snapshot)."""
+        with self._guard:
+            return [o for file in self._files.values() for o in file.opens.values()]
+
+    def opens_of(self, key: tuple[int, int]) -> list[OpenFile]:
+        with self._guard:
+            file = self._files.get(key)
+            return [] if file is None else list(file.opens.values())
 
 
 class _BreakNeeded(Exception):
@@ -180,6 +234,8 @@ class OpenFile:
     lock: threading.Lock = field(default_factory=threading.Lock)
     lock_key: tuple[int, int] | None = None
     watch: Watch | None = None  # CHANGE_NOTIFY: changes collected since the first request
+    closing: bool = False  # CLOSE (or the session gone) has begun: its pending LOCKs end
+    lock_sequences: dict[int, int] = field(default_factory=dict)  # LockSequenceIndex -> number
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +246,35 @@ class _Range:
     owner: OpenFile
 
     def overlaps(self, offset: int, length: int) -> bool:
+        """Does I/O on ``length`` bytes at ``offset`` touch this range? Zero-length ranges and
+        zero-length I/O touch nothing (MS-FSA 2.1.4.10)."""
         if self.length == 0 or length == 0:
-            return False  # zero-length ranges never conflict (MS-FSA 2.1.5.9)
+            return False
         return offset < self.offset + self.length and self.offset < offset + length
+
+    def contends(self, offset: int, length: int) -> bool:
+        """Does a lock of ``length`` bytes at ``offset`` contend with this one? As for I/O, but a
+        zero-length lock is a point that contends with a range strictly around it: a lock of
+        0 bytes at 10 and one of 2 bytes at 9 contend, one of 2 bytes at 10 does not, and two
+        zero-length locks never do (what Windows does; smbtorture smb2.lock.zerobytelength)."""
+        if self.length == 0 and length == 0:
+            return False
+        if self.length == 0:
+            return offset < self.offset < offset + length
+        if length == 0:
+            return self.offset < offset < self.offset + self.length
+        return self.overlaps(offset, length)
+
+
+#: The flags a lock element may have (MS-SMB2 3.3.5.14.2); an unlock is UNLOCK alone.
+_LOCK_FLAGS = frozenset({
+    LockFlags.SHARED,
+    LockFlags.EXCLUSIVE,
+    LockFlags.SHARED | LockFlags.FAIL_IMMEDIATELY,
+    LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY,
+})  # fmt: skip
+#: LockSequenceIndex values that take part in lock replay detection (MS-SMB2 3.3.5.14).
+_LOCK_SEQUENCE_INDEXES = range(1, 65)
 
 
 class ByteRangeLocks:
@@ -212,47 +294,79 @@ class ByteRangeLocks:
         return opened.lock_key
 
     def apply(self, opened: OpenFile, request: LockRequest) -> tuple[int, bytes]:
+        """Lock or unlock the request's ranges, in order. A LockSequence whose index is 1-64
+        and whose number is the one the open's last successful LOCK with that index had is a
+        replay: answered STATUS_SUCCESS, nothing done (MS-SMB2 3.3.5.14). A request on an open
+        that is closing (a LOCK that waited) is STATUS_RANGE_NOT_LOCKED."""
+        if opened.closing or not request.locks:
+            return (NTStatus.RANGE_NOT_LOCKED if opened.closing else NTStatus.INVALID_PARAMETER), b""
+        index, number = request.lock_sequence >> 4, request.lock_sequence & 0xF
+        replayable = index in _LOCK_SEQUENCE_INDEXES
+        if replayable:
+            if opened.lock_sequences.get(index) == number:
+                return NTStatus.SUCCESS, EMPTY4
+            opened.lock_sequences.pop(index, None)
         key = self._key(opened)
         with self._guard:
             ranges = self._ranges.setdefault(key, [])
-            unlocking = bool(request.locks[0].flags & LockFlags.UNLOCK)
-            if unlocking:
-                for element in request.locks:
-                    if not element.flags & LockFlags.UNLOCK:
-                        return NTStatus.INVALID_PARAMETER, b""
-                    found = next(
-                        (r for r in ranges
-                         if r.owner is opened and (r.offset, r.length) == (element.offset, element.length)),
-                        None,
-                    )  # fmt: skip
-                    if found is None:
-                        return NTStatus.RANGE_NOT_LOCKED, b""
-                    ranges.remove(found)
-                self.on_release()
-                return NTStatus.SUCCESS, EMPTY4
-            granted: list[_Range] = []
+            if request.locks[0].flags & LockFlags.UNLOCK:
+                status = self._unlock(opened, ranges, request)
+            else:
+                status = self._lock(opened, ranges, request)
+            if not ranges:
+                del self._ranges[key]
+        if status == NTStatus.SUCCESS and replayable:
+            opened.lock_sequences[index] = number
+        return status, EMPTY4 if status == NTStatus.SUCCESS else b""
+
+    def _unlock(self, opened: OpenFile, ranges: list[_Range], request: LockRequest) -> int:
+        """MS-SMB2 3.3.5.14.1: each element in turn (those before a failure stay unlocked);
+        an exclusive lock of the range goes before a shared one stacked on it."""
+        unlocked = False
+        try:
             for element in request.locks:
+                if element.flags != LockFlags.UNLOCK:
+                    return NTStatus.INVALID_PARAMETER
+                mine = [
+                    r for r in ranges
+                    if r.owner is opened and (r.offset, r.length) == (element.offset, element.length)
+                ]  # fmt: skip
+                if not mine:
+                    return NTStatus.RANGE_NOT_LOCKED
+                ranges.remove(next((r for r in mine if r.exclusive), mine[0]))
+                unlocked = True
+            return NTStatus.SUCCESS
+        finally:
+            if unlocked:
+                self.on_release()
+
+    @staticmethod
+    def _lock(opened: OpenFile, ranges: list[_Range], request: LockRequest) -> int:
+        """MS-SMB2 3.3.5.14.2: all the elements or none (those granted before a failure are
+        released again). An exclusive lock contends with any other lock, the open's own
+        included; a shared one only with another open's exclusive lock (MS-FSA 2.1.5.9)."""
+        granted: list[_Range] = []
+        status = NTStatus.SUCCESS
+        for element in request.locks:
+            if element.flags not in _LOCK_FLAGS:
+                status = NTStatus.INVALID_PARAMETER
+            elif element.offset + element.length > 1 << 64:
+                status = NTStatus.INVALID_LOCK_RANGE
+            else:
                 shared = bool(element.flags & LockFlags.SHARED)
-                if element.flags & LockFlags.UNLOCK or shared == bool(element.flags & LockFlags.EXCLUSIVE):
-                    ranges[:] = [r for r in ranges if r not in granted]
-                    return NTStatus.INVALID_PARAMETER, b""
-                if element.offset + element.length > 1 << 64:
-                    ranges[:] = [r for r in ranges if r not in granted]
-                    return NTStatus.INVALID_LOCK_RANGE, b""
-                # Exclusive conflicts with any overlapping lock; shared only with another
-                # open's exclusive lock (MS-FSA 2.1.5.9).
-                conflict = any(
-                    r.overlaps(element.offset, element.length)
+                if any(
+                    r.contends(element.offset, element.length)
                     and (not shared or (r.exclusive and r.owner is not opened))
                     for r in ranges
-                )
-                if conflict:
-                    ranges[:] = [r for r in ranges if r not in granted]
-                    return NTStatus.LOCK_NOT_GRANTED, b""
-                lock = _Range(element.offset, element.length, not shared, opened)
-                ranges.append(lock)
-                granted.append(lock)
-            return NTStatus.SUCCESS, EMPTY4
+                ):
+                    status = NTStatus.LOCK_NOT_GRANTED
+            if status != NTStatus.SUCCESS:
+                ranges[:] = [r for r in ranges if r not in granted]
+                return status
+            lock = _Range(element.offset, element.length, not shared, opened)
+            ranges.append(lock)
+            granted.append(lock)
+        return status
 
     def io_conflicts(self, opened: OpenFile, offset: int, length: int, *, write: bool) -> bool:
         """Does I/O by ``opened`` on ``length`` bytes at ``offset`` meet a lock (MS-FSA 2.1.4.10,
@@ -294,7 +408,7 @@ class FsFileService:
         self._shares: dict[str, FsShare] = {}
         self._guard = threading.Lock()
         self._locks = ByteRangeLocks(self._locks_released)
-        self._modes = ShareModes()
+        self._files = OpenFiles()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_waiters: dict[int, asyncio.Future[bool]] = {}  # op id -> woken (False: cancelled)
         self._inotify: Inotify | None = None
@@ -410,17 +524,31 @@ class FsFileService:
 
     def release(self, handle: object) -> None:
         if isinstance(handle, OpenFile):
-            self._forget(handle)
+            delete = self._forget(handle)
             try:
-                handle.handle.close()
+                handle.handle.close(delete=delete)
             except FsError as exc:
                 log.info("closing an abandoned open failed", extra={"error": str(exc)})
 
-    def _forget(self, opened: OpenFile) -> None:
+    def _forget(self, opened: OpenFile) -> bool:
+        """An open is closing: its locks go, the LOCKs it has waiting end (they are answered
+        STATUS_RANGE_NOT_LOCKED), and it leaves the open-file table. Returns whether the close
+        must delete the file: it was delete pending (or this open was made with
+        FILE_DELETE_ON_CLOSE) and this was its last open (MS-FSA 2.1.5.4)."""
+        opened.closing = True
+        handle = opened.handle
+        delete_on_close = handle.delete_on_close
+        if delete_on_close and handle.is_directory:
+            try:  # a directory that is not empty is not deleted (nor made delete pending)
+                delete_on_close = handle.is_empty()
+            except FsError:
+                delete_on_close = False
         self._locks.release(opened)
-        self._modes.remove(opened.handle.identity, opened)
+        self._locks_released()  # waiting LOCKs on this open see it closing
+        delete = self._files.remove(handle.identity, opened, delete_on_close=delete_on_close)
         if opened.watch is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._end_watch, opened)
+        return delete
 
     def close(self) -> None:
         if self._inotify is not None:
@@ -454,9 +582,12 @@ class FsFileService:
         wanted = grant_access(req.desired_access, backend.read_only) if req.desired_access else 0
 
         def before_open(key: tuple[int, int]) -> None:
+            self._files.check_pending(key)  # before oplocks: no break for a file being deleted
+            if req.disposition == CREATE_DISPOSITION:
+                return  # STATUS_OBJECT_NAME_COLLISION follows
             if key in op.break_keys:  # oplocks first: a batch holder may close instead
                 raise _BreakNeeded(key)
-            self._modes.check(key, wanted, req.share_access)
+            self._files.check(key, wanted, req.share_access)
 
         # The EA and security descriptor contexts ([MS-SMB2] 2.2.13.2.1, 2.2.13.2.2) are
         # checked before anything is created, and applied to a file this CREATE made.
@@ -469,12 +600,15 @@ class FsFileService:
                 sd = SecurityDescriptor.decode(context.data)
         if eas and not backend.xattrs:
             return FileResult(STATUS_EAS_NOT_SUPPORTED), None
-        handle = backend.open(req.name, req.disposition, req.options, req.desired_access, before_open)
+        handle = backend.open(
+            req.name, req.disposition, req.options, req.desired_access, before_open,
+            file_attributes=req.file_attributes,
+        )  # fmt: skip
         opened = OpenFile(handle)
         try:
-            self._modes.add(handle.identity, opened, handle.granted_access, req.share_access)
+            self._files.add(handle.identity, opened, handle.granted_access, req.share_access)
         except FsError:
-            handle.close()
+            handle.close(delete=False)
             raise
         try:
             if handle.create_action != CreateAction.OPENED:
@@ -491,8 +625,8 @@ class FsFileService:
                                         check_access=False)  # fmt: skip
             times = file_times(handle.stat())
         except FsError:
-            self._modes.remove(handle.identity, opened)
-            handle.close()
+            self._files.remove(handle.identity, opened)
+            handle.close(delete=False)
             raise
         result = FileResult(NTStatus.SUCCESS, handle=opened, file_key=handle.identity)
         return result, (handle.create_action, times)
@@ -529,8 +663,8 @@ class FsFileService:
             times = None
             if request.flags & CLOSE_FLAG_POSTQUERY_ATTRIB:
                 times = file_times(handle.stat())
-            self._forget(opened)
-            handle.close()
+            delete = self._forget(opened)
+            handle.close(delete=delete)
             return NTStatus.SUCCESS, encode_close_response(request.flags, times)
         if isinstance(request, FlushRequest):
             handle.flush()
@@ -538,7 +672,7 @@ class FsFileService:
         if isinstance(request, QueryDirectoryRequest):
             return self._query_directory(opened, request)
         if isinstance(request, QueryInfoRequest):
-            return self._query_info(handle, request)
+            return self._query_info(opened, request)
         if isinstance(request, SetInfoRequest):
             if request.info_type == InfoType.SECURITY:
                 sd = SecurityDescriptor.decode(request.buffer)
@@ -546,7 +680,13 @@ class FsFileService:
                 return NTStatus.SUCCESS, SET_INFO_RESPONSE
             if request.info_type != InfoType.FILE:
                 return NTStatus.NOT_SUPPORTED, b""
-            handle.set_info(decode_set_file_info(request.info_class, request.buffer))
+            info = decode_set_file_info(request.info_class, request.buffer)
+            if isinstance(info, DispositionInformation | DispositionInformationEx):
+                self._set_disposition(opened, info)
+            elif isinstance(info, RenameInformation):
+                self._rename(opened, info)
+            else:
+                handle.set_info(info)
             return NTStatus.SUCCESS, SET_INFO_RESPONSE
         if isinstance(request, LockRequest):
             return self._locks.apply(opened, request)
@@ -573,11 +713,56 @@ class FsFileService:
             opened.position += count
             return NTStatus.SUCCESS, encode_output_buffer_response(data)
 
-    def _query_info(self, handle: FsHandle, req: QueryInfoRequest) -> tuple[int, bytes]:
+    def _set_disposition(
+        self, opened: OpenFile, info: DispositionInformation | DispositionInformationEx
+    ) -> None:
+        """FileDispositionInformation(Ex) (MS-FSA 2.1.5.15.3): the file becomes delete pending
+        (or stops being so) for all its opens; with FILE_DISPOSITION_ON_CLOSE the open's own
+        delete-on-close is set instead, as FILE_DELETE_ON_CLOSE at CREATE would have."""
+        handle = opened.handle
+        if isinstance(info, DispositionInformation):
+            delete, flags = info.delete_pending, 0
+        else:
+            delete, flags = bool(info.flags & DispositionFlags.DELETE), info.flags
+        if not handle.granted_access & AccessMask.DELETE:
+            raise FsError(NTStatus.ACCESS_DENIED, f"delete of {handle.smb_path!r} without the access")
+        if delete:
+            handle.check_delete(ignore_readonly=bool(flags & DispositionFlags.IGNORE_READONLY_ATTRIBUTE))
+        if flags & DispositionFlags.ON_CLOSE:
+            handle.delete_on_close = delete
+        else:
+            self._files.set_delete_pending(handle.identity, delete)
+
+    def _rename(self, opened: OpenFile, info: RenameInformation) -> None:
+        """FileRenameInformation (MS-FSA 2.1.5.15.12), with what other opens forbid: a
+        directory with an open file below it is not renamed (STATUS_ACCESS_DENIED), nor is an
+        open file replaced; the target directory is opened as Windows does for a rename
+        (FILE_ADD_FILE, sharing read and write), so an open of it with DELETE access or one
+        that does not share writing is STATUS_SHARING_VIOLATION. The file's other opens
+        follow it to its new name."""
+        handle = opened.handle
+        if handle.is_directory:
+            below = handle.smb_path + "\\"
+            for other in self._files.opens():
+                if other.handle.share is handle.share and other.handle.smb_path.startswith(below):
+                    raise FsError(NTStatus.ACCESS_DENIED, f"{other.handle.smb_path!r} is open")
+
+        def before_rename(directory: tuple[int, int], replaced: tuple[int, int] | None) -> None:
+            self._files.check(directory, _ADD_FILE_ACCESS, FILE_SHARE_READ | FILE_SHARE_WRITE)
+            if replaced is not None and self._files.opens_of(replaced):
+                raise FsError(NTStatus.ACCESS_DENIED, f"{info.file_name!r} is open")
+
+        handle.rename(info.file_name, info.replace_if_exists, before_rename)
+        for other in self._files.opens_of(handle.identity):
+            if other is not opened:
+                other.handle.follow_rename(handle)
+
+    def _query_info(self, opened: OpenFile, req: QueryInfoRequest) -> tuple[int, bytes]:
         """MS-SMB2 3.3.5.20: a buffer below the class's fixed part is INFO_LENGTH_MISMATCH;
         one the whole answer does not fit is BUFFER_OVERFLOW with what fits, except for a
         security descriptor (BUFFER_TOO_SMALL, with the size needed as error data, 3.3.5.20.3)
         and EAs (whole entries only, BUFFER_TOO_SMALL when not even one fits)."""
+        handle = opened.handle
         if req.info_type == InfoType.SECURITY:
             sd = handle.security_descriptor(req.additional_information).encode()
             if len(sd) > req.output_length:
@@ -589,7 +774,8 @@ class FsFileService:
                 return NTStatus.ACCESS_DENIED, b""
             if req.info_class == FileInfoClass.FULL_EA:
                 return self._query_eas(handle, req)
-            data = encode_file_info(req.info_class, handle.stat(), handle.open_info())
+            st = replace(handle.stat(), delete_pending=self._files.delete_pending(handle.identity))
+            data = encode_file_info(req.info_class, st, handle.open_info())
             minimum = FILE_INFO_MIN_SIZE.get(req.info_class, 0)
         elif req.info_type == InfoType.FILESYSTEM:
             data = encode_fs_info(req.info_class, handle.share.volume_info())

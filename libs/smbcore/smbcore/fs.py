@@ -31,8 +31,9 @@ volume says so (FILE_CASE_SENSITIVE_SEARCH). Search patterns of :meth:`FsHandle.
 match case-insensitively, as on Windows.
 
 Sharing modes, oplocks/leases and the cross-open "delete pending" state belong to the
-server's open table, not here: a handle's delete-on-close is carried out when that handle
-closes.
+server's open table, not here. On its own a handle deletes its entry when it closes with
+delete-on-close set; a server with several opens of the file tells :meth:`FsHandle.close`
+whether this close is the one that deletes.
 
 What POSIX does not keep is kept in ``user.`` extended attributes of the file, where the
 filesystem has them (the volume then says FILE_SUPPORTS_EXTENDED_ATTRIBUTES):
@@ -713,13 +714,19 @@ class FsShare:
         create_options: int,
         desired_access: int,
         before_open: Callable[[tuple[int, int]], None] | None = None,
+        *,
+        file_attributes: int = 0,
     ) -> FsHandle:
         """Open or create ``smb_path`` as SMB2 CREATE does; the handle's ``create_action`` says
         which of SUPERSEDED, OPENED, CREATED, OVERWRITTEN happened.
 
-        ``before_open`` is called with the (st_dev, st_ino) of an existing target before it is
-        opened (and so before an overwrite truncates it): the caller's share-mode and oplock
-        checks, which refuse by raising.
+        ``before_open`` is called with the (st_dev, st_ino) of an existing target as soon as it
+        is found (before CREATE's STATUS_OBJECT_NAME_COLLISION, before an overwrite truncates
+        it): the caller's delete-pending, share-mode and oplock checks, which refuse by raising.
+
+        ``file_attributes`` are those the file would be created with: READONLY with
+        FILE_DELETE_ON_CLOSE is STATUS_CANNOT_DELETE ([MS-FSA] 2.1.5.1.1), before anything is
+        created.
 
         SUPERSEDE of an existing file truncates it (there are no attributes or streams to
         replace). FILE_DIRECTORY_FILE allows only CREATE, OPEN and OPEN_IF; an existing
@@ -750,7 +757,7 @@ class FsShare:
             try:
                 return self._open(
                     comps, disp, want_dir, want_file, access, maximum, delete_on_close, create_options,
-                    before_open,
+                    before_open, file_attributes,
                 )  # fmt: skip
             except FileExistsError:  # created by someone else between our lookup and create
                 if disp == CreateDisposition.CREATE or attempt:
@@ -768,6 +775,7 @@ class FsShare:
         delete_on_close: bool,
         options: int,
         before_open: Callable[[tuple[int, int]], None] | None,
+        file_attributes: int,
     ) -> FsHandle:
         named = self._resolve(comps, follow=False)
         phys = named
@@ -784,15 +792,17 @@ class FsShare:
                     raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no {comps[-1]!r}")
                 if self.read_only:
                     raise FsError(NTStatus.ACCESS_DENIED, "creating on a read-only share")
+                if delete_on_close and file_attributes & FileAttributes.READONLY:
+                    raise FsError(STATUS_CANNOT_DELETE, "a read-only file created to be deleted on close")
                 fd, is_dir = self._create(phys, want_dir, access), want_dir
                 action = CreateAction.CREATED
             else:
-                if disp == CreateDisposition.CREATE:
-                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{'/'.join(comps)!r} exists")
                 if before_open is not None:  # the identity the handle will have (see below)
                     ident = named.st if _is_link(named.st) else phys.st
                     assert ident is not None
                     before_open((ident.st_dev, ident.st_ino))
+                if disp == CreateDisposition.CREATE:
+                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{'/'.join(comps)!r} exists")
                 fd, is_dir, access = self._open_existing(phys, disp, want_dir, want_file, access, maximum)
                 action = {
                     CreateDisposition.SUPERSEDE: CreateAction.SUPERSEDED,
@@ -1320,40 +1330,65 @@ class FsHandle:
         self, delete: bool, *, check_empty: bool = True, ignore_readonly: bool = False
     ) -> None:
         """Mark (or unmark) the entry for deletion when this handle closes
-        (FileDispositionInformation). A non-empty directory is STATUS_DIRECTORY_NOT_EMPTY, a
-        read-only file STATUS_CANNOT_DELETE, the share root STATUS_ACCESS_DENIED.
-        ``check_empty=False`` is CREATE's FILE_DELETE_ON_CLOSE: a directory that is not empty
-        at close then simply stays (as Windows and Samba)."""
+        (FileDispositionInformation, checked by :meth:`check_delete`). ``check_empty=False``
+        is CREATE's FILE_DELETE_ON_CLOSE: a directory that is not empty at close then simply
+        stays (as Windows and Samba).
+
+        This is the single-open view; a server with several opens of one file keeps the
+        file's delete-pending state itself and tells :meth:`close` whether to delete."""
         self._check_open()
         if not delete:
             self.delete_on_close = False
             return
+        self.check_delete(check_empty=check_empty, ignore_readonly=ignore_readonly)
+        self.delete_on_close = True
+
+    def check_delete(self, *, check_empty: bool = True, ignore_readonly: bool = False) -> None:
+        """May this open mark its file for deletion ([MS-FSA] 2.1.5.15.3)? Without DELETE
+        access, or for the share root: STATUS_ACCESS_DENIED; a read-only file
+        STATUS_CANNOT_DELETE; a directory that is not empty STATUS_DIRECTORY_NOT_EMPTY
+        (unless ``check_empty`` is false)."""
         self._need(AccessMask.DELETE, "delete")
         if self.share.read_only or self._parent_fd is None:
             raise FsError(NTStatus.ACCESS_DENIED, f"deleting {self.smb_path or 'the share root'!r}")
         try:
             st = os.fstat(self._fd)
             if self.is_directory:
-                if check_empty and not self._is_empty():
+                if check_empty and not self.is_empty():
                     raise FsError(NTStatus.DIRECTORY_NOT_EMPTY, f"{self.smb_path!r} is not empty")
             elif not st.st_mode & 0o222 and not ignore_readonly:
                 raise FsError(STATUS_CANNOT_DELETE, f"{self.smb_path!r} is read-only")
         except OSError as exc:
             raise _os_error(exc, f"delete of {self.smb_path!r}") from None
-        self.delete_on_close = True
 
-    def _is_empty(self) -> bool:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+    def is_empty(self) -> bool:
+        """Whether this open directory has no entries (a file never is)."""
+        self._check_open()
+        if not self.is_directory:
+            return False
+        try:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError as exc:
+            raise _os_error(exc, f"listing of {self.smb_path!r}") from None
         try:
             with os.scandir(fd) as entries:
                 return next(entries, None) is None
         finally:
             os.close(fd)
 
-    def rename(self, new_smb_path: str, replace: bool) -> None:
+    def rename(
+        self,
+        new_smb_path: str,
+        replace: bool,
+        before_rename: Callable[[tuple[int, int], tuple[int, int] | None], None] | None = None,
+    ) -> None:
         """Move the entry to ``new_smb_path`` (from the share root; one leading backslash is
         tolerated). An existing target is STATUS_OBJECT_NAME_COLLISION unless ``replace``;
-        a directory is never replaced, nor a file by a directory (STATUS_ACCESS_DENIED)."""
+        a directory is never replaced, nor a file by a directory (STATUS_ACCESS_DENIED).
+
+        ``before_rename`` is called, once the target is found and before anything moves, with
+        the (st_dev, st_ino) of the target's directory and of the entry it would replace (or
+        None): the caller's checks against other opens, which refuse by raising."""
         self._need(AccessMask.DELETE, "rename")
         if self.share.read_only or self._parent_fd is None:
             raise FsError(NTStatus.ACCESS_DENIED, f"renaming {self.smb_path or 'the share root'!r}")
@@ -1376,6 +1411,10 @@ class FsHandle:
                     raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{path!r} exists")
                 if statmod.S_ISDIR(dst.st.st_mode) or statmod.S_ISDIR(src.st_mode):
                     raise FsError(NTStatus.ACCESS_DENIED, f"cannot replace {path!r}")
+            if before_rename is not None:
+                parent = os.fstat(dst.parent_fd)
+                target = None if dst.st is None else (dst.st.st_dev, dst.st.st_ino)
+                before_rename((parent.st_dev, parent.st_ino), None if target == self._identity else target)
             try:
                 if dst.st is None and not replace:
                     _rename_noreplace(self._parent_fd, self._name, dst.parent_fd, dst.name)
@@ -1393,6 +1432,23 @@ class FsHandle:
             self.smb_path = "\\".join(comps)
         finally:
             dst.close()
+
+    def follow_rename(self, renamed: FsHandle) -> None:
+        """Another open of the same file renamed it: this open names the new place too (its
+        name, and the directory a delete on close unlinks from). Opens made through a
+        symbolic link keep naming the link."""
+        if self._fd < 0 or self._via_link or renamed._via_link or renamed._parent_fd is None:
+            return
+        if renamed._identity != self._identity:
+            return
+        try:
+            parent = os.dup(renamed._parent_fd)
+        except OSError as exc:
+            raise _os_error(exc, "dup") from None
+        old, self._parent_fd = self._parent_fd, parent
+        self._name, self._rel, self.smb_path = renamed._name, renamed._rel, renamed.smb_path
+        if old is not None:
+            os.close(old)
 
     def _keep_user_change_time(self) -> None:
         """After a change through this handle: the change time it set stays."""
@@ -1486,14 +1542,14 @@ class FsHandle:
 
     # -- close -----------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the handle, first deleting the entry if delete-on-close is set (a failure
-        to delete, such as a directory filled meanwhile, is logged: CLOSE still succeeds).
-        Closing twice is harmless."""
+    def close(self, *, delete: bool | None = None) -> None:
+        """Release the handle, first deleting the entry if ``delete`` (None: if this handle's
+        delete-on-close is set). A failure to delete, such as a directory filled meanwhile,
+        is logged: CLOSE still succeeds. Closing twice is harmless."""
         if self._fd < 0:
             return
         try:
-            if self.delete_on_close:
+            if self.delete_on_close if delete is None else delete:
                 self._delete()
         finally:
             os.close(self._fd)
