@@ -45,6 +45,7 @@ from smbcore.crypto import (
     decrypt,
     derive_session_keys,
     encrypt,
+    encrypt_in_place,
     kdf,
     make_signer,
     parse_transform_header,
@@ -1291,3 +1292,42 @@ def test_encrypting_pieces_equals_encrypting_them_joined(
     bounds = sorted({0, len(payload), *(c for c in cuts if c < len(payload))})
     pieces = [memoryview(payload)[a:b] for a, b in itertools.pairwise(bounds)]
     assert encrypt(pieces, key, cipher, 7, nonce) == encrypt(payload, key, cipher, 7, nonce)
+
+
+GCM_TRANSFORMS = [t for t in TRANSFORMS if t.cipher.is_gcm]
+
+
+@pytest.mark.parametrize("vector", GCM_TRANSFORMS, ids=ids(GCM_TRANSFORMS))
+def test_encrypt_in_place_vectors(vector: Transform) -> None:
+    """Microsoft's GCM vectors, the message split after its 64-byte header: the result and
+    the tail encrypted where it lies, together, are the transformed message."""
+    head, tail = vector.plaintext[:64], bytearray(vector.plaintext[64:])
+    front = encrypt_in_place(head, tail, vector.key, vector.cipher, vector.session_id, vector.nonce)
+    assert len(front) == TRANSFORM_HEADER_SIZE + 64
+    assert front + tail == vector.transformed
+
+
+@given(
+    cipher=st.sampled_from([c for c in CipherId if c.is_gcm]),
+    payload=st.binary(min_size=2, max_size=300),
+    cut=st.integers(1, 299),
+)
+def test_encrypt_in_place_equals_encrypt(cipher: CipherId, payload: bytes, cut: int) -> None:
+    key = bytes(range(cipher.key_size))
+    nonce = bytes(range(12))
+    cut = min(cut, len(payload) - 1)
+    tail = bytearray(payload[cut:])
+    view_of_tail = memoryview(bytearray(16) + tail)[16:]  # a writable slice works as well
+    front = encrypt_in_place(payload[:cut], tail, key, cipher, 9, nonce)
+    assert front + tail == encrypt(payload, key, cipher, 9, nonce)
+    assert encrypt_in_place(memoryview(payload)[:cut], view_of_tail, key, cipher, 9, nonce) == front
+    assert bytes(view_of_tail) == tail
+
+
+def test_encrypt_in_place_argument_checks() -> None:
+    with pytest.raises(ValueError, match="writable"):
+        encrypt_in_place(b"h" * 64, memoryview(b"tail"), bytes(16), CipherId.AES_128_GCM, 1, bytes(12))
+    with pytest.raises(ValueError, match="cannot encrypt in place"):
+        encrypt_in_place(b"h" * 64, bytearray(4), bytes(16), CipherId.AES_128_CCM, 1, bytes(11))
+    with pytest.raises(ValueError, match="12-byte nonce"):
+        encrypt_in_place(b"h" * 64, bytearray(4), bytes(16), CipherId.AES_128_GCM, 1, bytes(11))

@@ -2,11 +2,12 @@
 
 One :class:`asyncio.BufferedProtocol` per connection: the transport receives straight into
 the :class:`~smbcore.pdureader.PDUReader`'s buffers (a large WRITE lands in a buffer of its
-own, once), PDUs out are framed and written piece by piece (a READ's data is never joined
-to its header), and reading pauses while the transport's send buffer is full, so a client
-that does not read its responses cannot make the server buffer without bound. A protocol
-error closes only that connection; the
-listener and the other connections carry on. Idle connections are closed after
+own, once, taken from a server-wide :class:`~smbcore.buffers.BufferPool`). PDUs out are
+framed and sent with ``sendmsg`` from the buffers the core produced (:class:`_Sender`: a
+READ's data is never joined to its header nor copied into a transport buffer), and reading
+pauses while more than two PDUs' worth waits to be sent, so a client that does not read its
+responses cannot make the server buffer without bound. A protocol error closes only that
+connection; the listener and the other connections carry on. Idle connections are closed after
 ``handshake_timeout`` (before a session is established) or ``idle_timeout``.
 
 All connections share one :class:`~smbcore.server.ServerState` (sessions bound to several
@@ -19,13 +20,17 @@ handles and arms the oplock-break timer. A file operation still running after
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from .buffers import BufferPool
 from .config import ServerLimits
 from .errors import SMBProtocolError
 from .fileops import FileTimes
@@ -38,6 +43,7 @@ from .server import (
     CancelOperation,
     FileOperation,
     FileResult,
+    Pieces,
     ServerConnection,
     ServerIdentity,
     ServerPolicy,
@@ -48,8 +54,8 @@ from .server import (
 
 log = logging.getLogger(__name__)
 
-#: Pieces up to this size are copied together into one write; larger ones are written as they are.
-_COALESCE = 16 * 1024
+#: iovecs per ``sendmsg`` call (Linux's IOV_MAX is 1024).
+_MAX_IOVECS = 512
 
 #: Seconds between 1601-01-01 and 1970-01-01, for FILETIME.
 _EPOCH_DELTA = 11_644_473_600
@@ -100,12 +106,117 @@ class ServerSettings:
     files: FileService = field(default_factory=NoFiles)
 
 
+class _Sender:
+    """A connection's outgoing PDUs: queued as ``memoryview``s of the buffers the core produced
+    and written with ``sendmsg``, so no byte is copied in user space (Python 3.11's transport
+    copies whatever the socket does not take at once into a buffer of its own, and joins what
+    ``writelines`` gets). It writes on a duplicate of the transport's socket, the one way to
+    be told when the socket is writable that the loop allows (``add_writer`` on the
+    transport's own fd is refused); the transport still reads, and closes the connection.
+
+    ``pause`` is called once more than ``high_water`` bytes wait, ``resume`` once no more
+    than ``low_water`` do (the shell stops and restarts reading); ``failed`` when a send fails.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        high_water: int,
+        low_water: int,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        failed: Callable[[OSError], None],
+    ) -> None:
+        self._sock: socket.socket = transport.get_extra_info("socket").dup()
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[memoryview] = collections.deque()
+        self._queued = 0
+        self._high, self._low = high_water, low_water
+        self._pause, self._resume, self._failed = pause, resume, failed
+        self._paused = False
+        self._armed = False  # waiting for the socket to be writable
+        self._then: Callable[[], None] | None = None  # to call once everything is sent
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be sent."""
+        return self._queued
+
+    def send(self, pdus: list[Pieces]) -> None:
+        """Frame each PDU (a list of pieces) and send what the socket takes; queue the rest."""
+        queue = self._queue
+        for pieces in pdus:
+            views = [v for v in (memoryview(p).cast("B") for p in pieces) if v.nbytes]
+            size = sum(v.nbytes for v in views)
+            queue.append(memoryview(frame_header(size)))
+            queue.extend(views)
+            self._queued += 4 + size
+        if not self._armed:
+            self._send_some()
+        if self._queued > self._high and not self._paused:
+            self._paused = True
+            self._pause()
+
+    def when_sent(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once the queue is empty (now if it is)."""
+        if self._queue:
+            self._then = then
+        else:
+            then()
+
+    def _send_some(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                sent = self._sock.sendmsg(list(itertools.islice(queue, _MAX_IOVECS)))
+                self._queued -= sent
+                while sent:
+                    first = queue[0]
+                    if sent >= first.nbytes:
+                        sent -= first.nbytes
+                        queue.popleft()
+                    else:
+                        queue[0] = first[sent:]
+                        sent = 0
+        except (BlockingIOError, InterruptedError):
+            if not self._armed:
+                self._loop.add_writer(self._sock.fileno(), self._send_some)
+                self._armed = True
+        except OSError as exc:
+            self.close()
+            self._failed(exc)
+            return
+        else:
+            if self._armed:
+                self._loop.remove_writer(self._sock.fileno())
+                self._armed = False
+            if self._then is not None:
+                then, self._then = self._then, None
+                then()
+        if self._paused and self._queued <= self._low:
+            self._paused = False
+            self._resume()
+
+    def close(self) -> None:
+        """Drop what is queued and let go of the socket (the transport still has its own)."""
+        if self._armed:
+            self._loop.remove_writer(self._sock.fileno())
+            self._armed = False
+        self._queue.clear()
+        self._queued = 0
+        self._then = None
+        self._sock.close()
+
+
 class _SMBProtocol(asyncio.BufferedProtocol):
     def __init__(self, server: SMBServer) -> None:
         self._server = server
         self._settings = server.settings
-        self._reader = PDUReader(self._settings.limits.max_pdu)
+        self._reader = PDUReader(self._settings.limits.max_pdu, buffers=server.buffers)
         self._transport: asyncio.Transport | None = None
+        self._sender: _Sender | None = None
+        self._closing = False  # closing once what is queued has been sent
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.peer = "?"
@@ -125,6 +236,17 @@ class _SMBProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        # Reading stops while more than two PDUs of the largest size wait to be sent (the
+        # pipeline a client with two READs in flight keeps full), and restarts at one.
+        max_pdu = self._settings.limits.max_pdu
+        self._sender = _Sender(
+            transport,
+            high_water=2 * max_pdu,
+            low_water=max_pdu,
+            pause=transport.pause_reading,
+            resume=self._resume_reading,
+            failed=self._send_failed,
+        )
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self._server.attach(self)
@@ -133,6 +255,8 @@ class _SMBProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._sender is not None:
+            self._sender.close()
         # Running operations finish (their results are dropped by the core, handles released);
         # waiting ones are told to stop.
         files = self._settings.files
@@ -159,13 +283,14 @@ class _SMBProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.get_buffer()
 
-    def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._closing and not self._transport.is_closing():
             self._transport.resume_reading()
+
+    def _send_failed(self, exc: OSError) -> None:
+        log.info("closing connection after a failed send", extra={"peer": self.peer, "error": str(exc)})
+        if self._transport is not None:
+            self._transport.abort()
 
     def buffer_updated(self, nbytes: int) -> None:
         transport = self._transport
@@ -224,29 +349,20 @@ class _SMBProtocol(asyncio.BufferedProtocol):
         assert transport is not None
         log.warning("closing connection after a protocol error", extra={"peer": self.peer, "error": str(exc)})
         self._send_output()  # e.g. the error answer to the request that broke the rules
-        transport.close()
+        self._closing = True
+        transport.pause_reading()
+        if self._sender is None:
+            transport.close()
+        else:
+            self._sender.when_sent(transport.close)
 
     def _send_output(self) -> None:
-        """Frame and write the PDUs the core produced: small pieces (the frame header, SMB2
-        headers, small bodies) go out together, a large piece by itself and uncopied (on
-        Python 3.11 ``writelines`` would join them)."""
+        """Send the PDUs the core produced, each as the pieces it is made of."""
         out = self.conn.data_to_send()
         transport = self._transport
-        if not out or transport is None or transport.is_closing():
+        if not out or transport is None or transport.is_closing() or self._sender is None:
             return
-        small = bytearray()
-        for pieces in out:
-            small += frame_header(sum(len(p) for p in pieces))
-            for piece in pieces:
-                if len(piece) <= _COALESCE:
-                    small += piece
-                    continue
-                if small:
-                    transport.write(small)
-                    small = bytearray()
-                transport.write(piece)
-        if small:
-            transport.write(small)
+        self._sender.send(out)
 
 
 class SMBServer:
@@ -259,6 +375,8 @@ class SMBServer:
         self._servers: list[asyncio.Server] = []
         self._break_timer: asyncio.TimerHandle | None = None
         self.state = ServerState(clock=self._now, shares=settings.shares)
+        #: Buffers for received PDUs too large for the readers' staging (WRITEs), server-wide.
+        self.buffers = BufferPool()
 
     @staticmethod
     def _now() -> float:

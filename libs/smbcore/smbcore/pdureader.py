@@ -9,11 +9,15 @@ handed to the application as a ``memoryview`` that no later receive overwrites.
 Small PDUs share a fixed staging buffer and are copied out of it (cheap at that size). A PDU
 larger than ``direct_threshold`` switches the reader to a buffer of the PDU's size: what
 was staged is copied in, and the rest is received into place. Every PDU that
-:meth:`PDUReader.next_pdu` returns belongs to the caller. Sans-IO: no sockets, no time.
+:meth:`PDUReader.next_pdu` returns belongs to the caller. With a
+:class:`~smbcore.buffers.BufferPool`, those large buffers are taken from it, so once the
+caller has dropped a PDU its buffer receives a later one (no fresh 8 MiB per WRITE).
+Sans-IO: no sockets, no time.
 """
 
 from __future__ import annotations
 
+from .buffers import BufferPool
 from .errors import RemoteProtocolError
 from .ntstatus import NTStatus
 
@@ -24,9 +28,16 @@ MAX_FRAME = (1 << 24) - 1
 class PDUReader:
     """Bytes in through :meth:`get_buffer` / :meth:`buffer_updated`, PDUs out of :meth:`next_pdu`."""
 
-    __slots__ = ("_big", "_direct", "_end", "_filled", "_max_pdu", "_stage", "_start")
+    __slots__ = ("_big", "_buffers", "_direct", "_end", "_filled", "_max_pdu", "_stage", "_start")
 
-    def __init__(self, max_pdu: int, *, staging: int = 256 * 1024, direct_threshold: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        max_pdu: int,
+        *,
+        staging: int = 256 * 1024,
+        direct_threshold: int = 64 * 1024,
+        buffers: BufferPool | None = None,
+    ) -> None:
         if not 0 < max_pdu <= MAX_FRAME:
             raise ValueError(f"max_pdu must be in 1..{MAX_FRAME}")
         if direct_threshold < 1 or staging < direct_threshold + 4:
@@ -38,6 +49,7 @@ class PDUReader:
         self._end = 0  # one past the last staged byte
         self._big: bytearray | None = None  # the large PDU being received in place
         self._filled = 0
+        self._buffers = buffers  # where the large PDUs' buffers come from (None: new ones)
 
     def get_buffer(self) -> memoryview:
         """Where the next receive should write (never empty)."""
@@ -101,7 +113,7 @@ class PDUReader:
                 return memoryview(bytes(view[start + 4 : start + 4 + length]))
         if length > self._direct:
             # Receive the rest of this PDU in place; it is the last thing staged.
-            big = bytearray(length)
+            big = bytearray(length) if self._buffers is None else self._buffers.take(length)
             got = available - 4
             big[:got] = stage[start + 4 : self._end]
             self._big, self._filled = big, got

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from . import crypto
 from .auth import AuthenticationError, AuthStep
+from .buffers import PoolBuffer
 from .config import ServerLimits
 from .credits import CreditWindow
 from .errors import RemoteProtocolError, SMBProtocolError
@@ -826,7 +827,13 @@ class ServerConnection:
         if encrypt_for is not None and encrypt_for.keys is not None and self.cipher is not None:
             nonce = crypto.random_nonce(self.cipher, self._randbytes)
             key = encrypt_for.keys.encryption_key(server=True)
-            pieces = [crypto.encrypt(pieces, key, self.cipher, encrypt_for.session_id, nonce)]
+            session_id, tail = encrypt_for.session_id, pieces[-1]
+            if len(pieces) == 2 and isinstance(tail, PoolBuffer) and self.cipher.is_gcm:
+                # A READ's data in a pooled buffer is this response's alone: encrypted where it is.
+                head = crypto.encrypt_in_place(pieces[0], tail, key, self.cipher, session_id, nonce)
+                pieces = [head, tail]
+            else:
+                pieces = [crypto.encrypt(pieces, key, self.cipher, session_id, nonce)]
         self.bytes_sent += sum(len(piece) for piece in pieces)
         self._out.append(pieces)
         self.server.mark(self)
