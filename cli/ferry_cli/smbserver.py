@@ -24,6 +24,7 @@ from smbcore.messages import ShareType
 from smbcore.pipes import PipeService, ShareRouter
 from smbcore.server import ServerPolicy, Share
 
+from . import smbviews
 from .common import CliError
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,10 @@ def user_command(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("smbserver", help="a standalone SMB 3 server, and its users")
+    p = sub.add_parser(
+        "smbserver",
+        help="a standalone SMB 3 server, its users, and the smbserver service's sessions and shares",
+    )
     actions = p.add_subparsers(dest="smbserver_command", metavar="ACTION", required=True)
     s = actions.add_parser("serve", help="serve folders over SMB 3 until Ctrl-C (no NATS needed)")
     s.add_argument(
@@ -215,3 +219,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lst = user_actions.add_parser("list", help="list the users")
     lst.add_argument("--users", type=Path, required=True)
     lst.set_defaults(run=user_command)
+    # The smbserver service's views (over its HTTP API).
+    smbviews.register(actions)

@@ -22,9 +22,15 @@ def test_the_real_stack_file_loads() -> None:
     assert stack.state_dir == ".ferry"
     assert stack.ready_timeout == 30
     assert stack.nats == NatsServerConfig(listen="127.0.0.1", port=4222, monitor_port=8222)
-    assert stack.services == [
-        ServiceEntry(name="discovery", command="ferry-discovery", config="discovery.toml", http_port=8081)
-    ]
+    # Discovery first (the others read the inventory it publishes); each service its own port.
+    assert stack.services[0] == ServiceEntry(
+        name="discovery", command="ferry-discovery", config="discovery.toml", http_port=8081
+    )
+    by_name = {service.name: service for service in stack.services}
+    assert by_name["smbserver"] == ServiceEntry(
+        name="smbserver", command="ferry-smbserver", config="smbserver.toml", http_port=8083
+    )
+    assert len({service.http_port for service in stack.services}) == len(stack.services)
     # Each service's config is relative to the stack file, and exists.
     for service in stack.services:
         assert service.config is not None

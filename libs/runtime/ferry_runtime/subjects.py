@@ -26,3 +26,30 @@ def discovery_interfaces(host: str) -> str:
 
 
 ALL_INVENTORY_CHANGES = f"{INVENTORY_CHANGED_PREFIX}.>"
+
+
+# -- smbserver: temporary hidden migration shares (see ferry_runtime.migration_shares) --------
+
+#: KV bucket of the migration shares every smbserver serves, keyed
+#: ``<host>.<source>.<migration id>`` (dots in host names written as ``=``): a restarted
+#: smbserver restores the shares whose lease still runs and cleans the staging folders of the rest.
+SMBSERVER_LEASES_BUCKET = "ferry-smbserver-leases"
+
+#: Request/reply: a source host's migrator asks a target host's smbserver for a migration share...
+SMBSERVER_SHARE_CREATE_PREFIX = "ferry.smbserver.share.create"
+#: ... renews its lease while the migration runs ...
+SMBSERVER_SHARE_RENEW_PREFIX = "ferry.smbserver.share.renew"
+#: ... and removes it when the migration ends or is cancelled.
+SMBSERVER_SHARE_REMOVE_PREFIX = "ferry.smbserver.share.remove"
+
+
+def smbserver_share_create(host: str) -> str:
+    return f"{SMBSERVER_SHARE_CREATE_PREFIX}.{host}"
+
+
+def smbserver_share_renew(host: str) -> str:
+    return f"{SMBSERVER_SHARE_RENEW_PREFIX}.{host}"
+
+
+def smbserver_share_remove(host: str) -> str:
+    return f"{SMBSERVER_SHARE_REMOVE_PREFIX}.{host}"

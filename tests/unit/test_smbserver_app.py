@@ -1,0 +1,201 @@
+"""The smbserver's application in-process, without NATS: Ferry's SMB client on loopback, and
+what the HTTP views, the CLI and the metrics say about it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from ferry_cli.smbviews import render_channels, render_shares
+from ferry_smbserver.app import SERVICE, create_app
+from ferry_smbserver.settings import SmbServerSettings
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from smbcore.aio_client import SMBClient
+from smbcore.auth import UserDatabase
+from smbcore.client_errors import SMBConnectionError, SMBStatusError
+from smbcore.ntstatus import NTStatus
+
+from tests.support.procs import VENV_BIN, free_port
+
+USER, PASSWORD = "alice", "Corr3ct-Horse"
+
+
+@dataclass
+class App:
+    http: TestClient
+    smb_port: int
+    data: Path
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    users = UserDatabase(tmp_path / "users.db")
+    users.add_user(USER, PASSWORD)
+    for name in ("data", "admin"):
+        (tmp_path / name).mkdir()
+    settings = SmbServerSettings.model_validate(
+        {
+            "host": {"name": "hv-unit"},
+            # Nothing listens there: the service works without NATS (not ready, though).
+            "nats": {"url": f"nats://127.0.0.1:{free_port()}", "connect_timeout": 0.2},
+            "smb": {"listen": ["127.0.0.1"], "port": 0, "users": str(tmp_path / "users.db")},
+            "shares": {
+                "data": {"path": str(tmp_path / "data")},
+                "admin$": {"path": str(tmp_path / "admin")},
+            },
+            "migration": {"allowed_roots": [str(tmp_path / "vms")]},
+            "advertise": {"source": "kernel", "include_loopback": True},
+        }
+    )
+    client = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    try:
+        port = client.app[SERVICE].listening[0][1]
+        yield App(client, port, tmp_path / "data")
+    finally:
+        await client.close()
+
+
+async def get(app: App, path: str, status: int = 200) -> Any:
+    response = await app.http.get(path)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def metrics(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = await (await app.http.get("/metrics")).text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_shares_hidden_only_when_asked(app: App) -> None:
+    names = [s["name"] for s in (await get(app, "/v1/shares"))["shares"]]
+    assert names == ["data", "IPC$"]
+    shares = {s["name"]: s for s in (await get(app, "/v1/shares?hidden=1"))["shares"]}
+    assert set(shares) == {"admin$", "data", "IPC$"}
+    assert shares["admin$"]["hidden"] and not shares["admin$"]["migration"]
+    assert shares["data"]["path"] == str(app.data) and shares["data"]["users"] is None
+    assert (await get(app, "/v1/shares/ADMIN$"))["name"] == "admin$"
+    await get(app, "/v1/shares/nope", 404)
+    assert (await get(app, "/v1/migration-shares")) == {"shares": []}
+
+
+async def test_sessions_channels_and_close(app: App) -> None:
+    payload = bytes(range(256)) * 400
+    client = await SMBClient.connect("127.0.0.1", app.smb_port)
+    try:
+        session = await client.login(USER, PASSWORD)
+        tree = await session.connect_tree("data")
+        f = await tree.open("file.bin", "w+")
+        await f.write(0, payload)
+        assert await f.read(0, len(payload)) == payload
+        with pytest.raises(SMBStatusError) as err:
+            await tree.open("missing.bin", "r")
+        assert err.value.status == NTStatus.OBJECT_NAME_NOT_FOUND
+
+        (view,) = (await get(app, "/v1/sessions"))["sessions"]
+        assert view["user"] == USER and view["client_address"] == "127.0.0.1"
+        assert view["dialect"] == "3.1.1" and view["signing_required"]
+        assert view["channels"] == 1 and view["opens"] == 1 and view["shares"] == ["data"]
+        assert view["session_id_hex"] == f"0x{view['session_id']:016x}"
+
+        (channel,) = (await get(app, "/v1/channels"))["channels"]
+        assert channel["session_id"] == view["session_id"] and channel["user"] == USER
+        assert channel["server_address"] == "127.0.0.1" and channel["server_port"] == app.smb_port
+        assert channel["client_address"] == "127.0.0.1" and channel["client_port"] > 0
+        assert channel["server_interface"] == "lo" and channel["server_interface_index"] == 1
+        assert channel["bytes_received"] > len(payload) and channel["bytes_sent"] > len(payload)
+        assert channel["transport"] == "tcp" and channel["client_interface_index"] is None
+        assert (await get(app, f"/v1/channels?session={view['session_id_hex']}"))["channels"] == [channel]
+        assert (await get(app, "/v1/channels?session=12345"))["channels"] == []
+        await get(app, "/v1/channels?session=bogus", 400)
+
+        # The CLI shows the same (it runs in another process: let the loop serve it meanwhile).
+        url = str(app.http.make_url("")).rstrip("/")
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [str(VENV_BIN / "ferry"), "smbserver", "channels", "--url", url, "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["channels"][0]["session_id"] == view["session_id"]
+        table = await asyncio.to_thread(
+            subprocess.run, [str(VENV_BIN / "ferry"), "smbserver", "sessions", "--url", url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert table.returncode == 0, table.stderr
+        assert USER in table.stdout and "3.1.1" in table.stdout
+        out = io.StringIO()
+        render_channels(await get(app, "/v1/channels"), Console(file=out, width=200))
+        render_shares(await get(app, "/v1/shares?hidden=1"), Console(file=out, width=200))
+        assert "127.0.0.1" in out.getvalue() and "admin$" in out.getvalue()
+
+        samples = await metrics(app)
+        labels = (("direction", "written"), ("kind", "configured"), ("share", "data"))
+        assert samples[("ferry_smbserver_share_bytes_total", labels)] == len(payload)
+        labels = (("direction", "read"), ("kind", "configured"), ("share", "data"))
+        assert samples[("ferry_smbserver_share_bytes_total", labels)] == len(payload)
+        assert samples[("ferry_smbserver_request_duration_seconds_count", (("command", "WRITE"),))] >= 1
+        missing = (("command", "CREATE"), ("status", "STATUS_OBJECT_NAME_NOT_FOUND"))
+        assert samples[("ferry_smbserver_errors_total", missing)] == 1
+        assert samples[("ferry_smbserver_sessions", ())] == 1
+        assert samples[("ferry_smbserver_channels", ())] == 1
+        assert samples[("ferry_smbserver_opens", ())] == 1
+        sent = samples[
+            ("ferry_smbserver_interface_bytes_total", (("direction", "sent"), ("interface", "lo")))
+        ]
+        assert sent == channel["bytes_sent"] or sent > len(payload)
+
+        # Close-SmbSession: the session and its open go, and the connection it alone used.
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [str(VENV_BIN / "ferry"), "smbserver", "close-session", str(view["session_id"]), "--url", url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert "closed (1 connection closed)" in cli.stdout
+        assert (await get(app, "/v1/sessions"))["sessions"] == []
+        with pytest.raises((SMBConnectionError, SMBStatusError)):
+            await f.read(0, 10)
+    finally:
+        await client.close()
+    missing_session = await app.http.delete("/v1/sessions/0x99")
+    assert missing_session.status == 404
+    gone = await asyncio.to_thread(
+        subprocess.run,
+        [str(VENV_BIN / "ferry"), "smbserver", "close-session", "0x99", "--url", url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert gone.returncode == 1 and "no session 0x99" in gone.stderr
+
+
+async def test_readiness_and_openapi(app: App) -> None:
+    response = await app.http.get("/readyz")
+    body = await response.json()
+    assert response.status == 503  # no NATS
+    assert body["checks"]["smb"]["ok"] and not body["checks"]["nats"]["ok"]
+    assert not body["checks"]["leases"]["ok"]
+    document = await get(app, "/openapi.json")
+    assert {
+        "/v1/sessions",
+        "/v1/sessions/{session_id}",
+        "/v1/shares",
+        "/v1/channels",
+        "/v1/interfaces",
+    } <= set(document["paths"])
+    assert "delete" in document["paths"]["/v1/sessions/{session_id}"]
+    interfaces = await get(app, "/v1/interfaces")
+    assert interfaces["source"] == "kernel"
+    assert any(i["address"] == "127.0.0.1" and i["advertised"] for i in interfaces["interfaces"])
