@@ -770,3 +770,38 @@ async def test_a_waiting_lock_ends_when_its_open_closes(service: tuple[FsFileSer
     result, _ = await asyncio.wait_for(waiting, 5)
     assert result.status == NTStatus.RANGE_NOT_LOCKED
     svc.release(a)
+
+
+def test_create_with_an_allocation_size_context(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, _ = service
+    context = CreateContext(b"AlSi", (1 << 20).to_bytes(8, "little"))
+    request = CreateRequest(GENERIC_ALL, 0, 7, 5, 0x40, "big.bin", (context,))  # FILE_OVERWRITE_IF
+    result, create = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+    assert result.status == NTStatus.SUCCESS and create is not None
+    assert create[1].allocation_size == 1 << 20 and create[1].end_of_file == 0
+    svc.release(result.handle)
+    short = CreateRequest(GENERIC_ALL, 0, 7, 5, 0x40, "big.bin", (CreateContext(b"AlSi", b"\x01"),))
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, short, share, "alice", None, None))
+    assert result.status == NTStatus.INVALID_PARAMETER
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (CreateRequest(GENERIC_ALL, 0, 7, 5, 0x40, "f.bin", impersonation_level=4), 0xC00000A5),
+        (CreateRequest(GENERIC_ALL, 0, 7, 5, 0x40, "f.bin", (CreateContext(b"TWrp", bytes(8)),)),
+         NTStatus.OBJECT_NAME_NOT_FOUND),
+        (CreateRequest(GENERIC_ALL, 0, 7, 5, 0xF0000000, "f.bin"), NTStatus.INVALID_PARAMETER),
+        (CreateRequest(GENERIC_ALL, 0x40, 7, 5, 0, "f.bin"), NTStatus.INVALID_PARAMETER),  # DEVICE
+        (CreateRequest(GENERIC_ALL, 0, 7, 5, 0x2000, "f.bin"), NTStatus.NOT_SUPPORTED),  # by file id
+        (CreateRequest(0x00100000, 0, 7, 5, 0, "f.bin"), NTStatus.ACCESS_DENIED),  # SYNCHRONIZE only
+        (CreateRequest(GENERIC_ALL, 0x4000, 7, 5, 0, "f.bin"), NTStatus.ACCESS_DENIED),  # ENCRYPTED
+    ],
+)  # fmt: skip
+def test_creates_refused_as_windows_refuses_them(
+    service: tuple[FsFileService, Share, Path], request_: CreateRequest, expected: int
+) -> None:
+    svc, share, root = service
+    result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request_, share, "alice", None, None))
+    assert result.status == expected
+    assert not (root / "f.bin").exists()

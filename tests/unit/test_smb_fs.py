@@ -16,6 +16,7 @@ from smbcore.fileinfo import AccessMask, FileAttributes, FileInfoClass
 from smbcore.fileops import CreateAction, CreateDisposition, CreateOptions
 from smbcore.fs import (
     ERRNO_STATUS,
+    MAX_FILE_SIZE,
     STATUS_CANNOT_DELETE,
     STATUS_DISK_FULL,
     STATUS_MEDIA_WRITE_PROTECTED,
@@ -380,6 +381,20 @@ def test_delete_on_close_spares_a_replacement(share: FsShare, root: Path) -> Non
     assert (root / "file.txt").read_bytes() == b"someone else's"
 
 
+def test_a_set_allocation_size_is_reported_until_the_file_changes(share: FsShare) -> None:
+    with share.open("alloc.bin", D.CREATE, 0, RW) as h:
+        h.set_allocation_size(0)
+        assert h.stat().allocation_size == 0
+        h.set_allocation_size(4096)
+        assert (h.stat().allocation_size, h.stat().end_of_file) == (4096, 0)
+        h.set_allocation_size(5000)  # rounded up to the allocation unit
+        assert h.stat().allocation_size == 8192
+        h.pwrite(b"x" * 10, 0)  # the data changed: from the blocks again
+        assert h.stat().allocation_size in (0, 4096)
+        h.set_allocation_size(0)  # never below the end of file: truncated to it
+        assert (h.stat().allocation_size, h.stat().end_of_file) == (0, 0)
+
+
 def test_close_is_told_whether_to_delete(share: FsShare, root: Path) -> None:
     """A server with several opens of the file decides which close deletes it."""
     h = share.open("file.txt", D.OPEN, 0, DELETE)
@@ -619,6 +634,10 @@ def test_pread_pwrite(share: FsShare, root: Path) -> None:
         h.flush()
         assert refused(h.pread, 1, -1) == NTStatus.INVALID_PARAMETER
         assert refused(h.pwrite, b"x", (1 << 63) - 1) == NTStatus.INVALID_PARAMETER
+        # NTFS's limit on file sizes: no write starts there, none makes the file reach it.
+        assert refused(h.pwrite, b"x", MAX_FILE_SIZE) == NTStatus.INVALID_PARAMETER
+        assert refused(h.pwrite, b"x", MAX_FILE_SIZE - 1) == STATUS_DISK_FULL
+        assert h.pwrite(b"", MAX_FILE_SIZE) == 0  # writing nothing is fine anywhere
         assert refused(h.truncate, -1) == NTStatus.INVALID_PARAMETER
     assert refused(h.pread, 1, 0) == NTStatus.FILE_CLOSED
     h.close()  # twice: harmless

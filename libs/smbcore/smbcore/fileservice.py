@@ -579,6 +579,8 @@ class FsFileService:
         self, op: FileOperation, req: CreateRequest
     ) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         backend = self._backend(op.share)
+        if req.impersonation_level > MAX_IMPERSONATION_LEVEL:  # MS-SMB2 3.3.5.9
+            return FileResult(STATUS_BAD_IMPERSONATION_LEVEL), None
         wanted = grant_access(req.desired_access, backend.read_only) if req.desired_access else 0
 
         def before_open(key: tuple[int, int]) -> None:
@@ -589,15 +591,23 @@ class FsFileService:
                 raise _BreakNeeded(key)
             self._files.check(key, wanted, req.share_access)
 
-        # The EA and security descriptor contexts ([MS-SMB2] 2.2.13.2.1, 2.2.13.2.2) are
-        # checked before anything is created, and applied to a file this CREATE made.
+        # The EA, security descriptor and allocation size contexts ([MS-SMB2] 2.2.13.2.1,
+        # 2.2.13.2.2, 2.2.13.2.6) are checked before anything is created, and applied to a
+        # file this CREATE made (or overwrote).
         eas: list[FullEa] = []
         sd: SecurityDescriptor | None = None
+        allocation: int | None = None
         for context in req.contexts:
             if context.name == CONTEXT_EA:
                 eas = decode_full_ea(context.data)
             elif context.name == CONTEXT_SECURITY:
                 sd = SecurityDescriptor.decode(context.data)
+            elif context.name == CONTEXT_TIMEWARP:  # no previous versions of anything here
+                return FileResult(NTStatus.OBJECT_NAME_NOT_FOUND), None
+            elif context.name == CONTEXT_ALLOCATION:
+                if len(context.data) < 8:
+                    return FileResult(NTStatus.INVALID_PARAMETER), None
+                allocation = int.from_bytes(context.data[:8], "little")
         if eas and not backend.xattrs:
             return FileResult(STATUS_EAS_NOT_SUPPORTED), None
         handle = backend.open(
@@ -619,6 +629,8 @@ class FsFileService:
                     handle.set_attributes(attributes | archive, check_access=False)
                 if eas:
                     handle.set_eas(eas, check_access=False)
+                if allocation is not None and not handle.is_directory:
+                    handle.set_allocation_size(allocation, check_access=False)
                 if sd is not None:
                     info = SecurityInformation.DACL | SecurityInformation.GROUP
                     handle.set_security(info if sd.owner is None else info | SecurityInformation.OWNER, sd,
@@ -809,6 +821,11 @@ class FsFileService:
 #: CREATE context names ([MS-SMB2] 2.2.13.2): extended attributes, a security descriptor.
 CONTEXT_EA = b"ExtA"
 CONTEXT_SECURITY = b"SecD"
+CONTEXT_ALLOCATION = b"AlSi"  # [MS-SMB2] 2.2.13.2.6: the allocation size of a new file
+CONTEXT_TIMEWARP = b"TWrp"  # [MS-SMB2] 2.2.13.2.7: open a previous version (snapshot)
+#: ImpersonationLevel runs from Anonymous (0) to Delegate (3); anything else is refused.
+MAX_IMPERSONATION_LEVEL = 3
+STATUS_BAD_IMPERSONATION_LEVEL = 0xC00000A5
 #: Most names one FILE_GET_EA_INFORMATION list may hold.
 MAX_GET_EA_NAMES = 4096
 

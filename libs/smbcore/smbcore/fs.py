@@ -72,6 +72,7 @@ from typing import Any
 
 from .errors import RemoteProtocolError
 from .fileinfo import (
+    ALLOCATION_UNIT,
     POSIX_FS_ATTRIBUTES,
     STATUS_EA_TOO_LARGE,
     STATUS_EAS_NOT_SUPPORTED,
@@ -302,6 +303,17 @@ WRITE_ACCESS = (
 READ_ONLY_ACCESS = FILE_ALL_ACCESS & ~WRITE_ACCESS
 _DATA_WRITE = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
 _DATA_READ = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
+#: NTFS's limit on file sizes (16 TiB less 64 KiB), as Windows applies it to WRITE: a write
+#: that starts there or later is STATUS_INVALID_PARAMETER, one that would make the file reach
+#: it STATUS_DISK_FULL (smbtorture smb2.rw.invalid).
+MAX_FILE_SIZE = 0xFFFFFFF0000
+#: CreateOptions bits no client may set, and those this server does not implement
+#: (FILE_CREATE_TREE_CONNECTION, FILE_OPEN_BY_FILE_ID, FILE_RESERVE_OPFILTER).
+RESERVED_CREATE_OPTIONS = 0xFF000000
+UNSUPPORTED_CREATE_OPTIONS = 0x00000080 | 0x00002000 | 0x00100000
+#: FileAttributes a CREATE may not ask for (VOLUME, DEVICE, INTEGRITY_STREAM, undefined bits).
+INVALID_FILE_ATTRIBUTES = 0xFFFF8048
+SYNCHRONIZE_ACCESS = 0x00100000
 #: The CreateOptions bits that are also FileModeInformation bits (same values).
 _MODE_OPTIONS = 0x0000103E
 
@@ -405,6 +417,10 @@ def _by_short_name(dir_fd: int, name: str) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def _round_up(size: int) -> int:
+    return -(-size // ALLOCATION_UNIT) * ALLOCATION_UNIT
 
 
 def _is_link(st: os.stat_result | None) -> bool:
@@ -516,6 +532,8 @@ class FsShare:
         self.xattrs = self._probe_xattrs()
         # Change times clients set: (st_dev, st_ino) -> (FILETIME, st_ctime_ns when set).
         self._change_times: dict[tuple[int, int], tuple[int, int]] = {}
+        # Allocation sizes clients set: (st_dev, st_ino) -> (size, st_size and st_mtime_ns when set).
+        self._allocations: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._change_guard = threading.Lock()
         # Absolute link targets count as inside when they start with the root's path.
         self._root_prefixes = {
@@ -546,9 +564,12 @@ class FsShare:
         the creation and change times, the attributes, and the size of the EAs."""
         with self._change_guard:
             kept = self._change_times.get((st.st_dev, st.st_ino))
+            allocation = self._allocations.get((st.st_dev, st.st_ino))
         change = kept[0] if kept is not None and kept[1] == st.st_ctime_ns else None
         if change is not None:
             info = dataclasses.replace(info, change_time=change)
+        if allocation is not None and allocation[1:] == (st.st_size, st.st_mtime_ns):
+            info = dataclasses.replace(info, allocation_size=max(allocation[0], _round_up(st.st_size)))
         if target is None or not self.xattrs:
             return info
         creation = _stored_creation_time(target)
@@ -560,6 +581,10 @@ class FsShare:
             attributes=info.attributes if attributes is None else attributes,
             ea_size=ea_size(eas),
         )
+
+    def _keep_allocation(self, st: os.stat_result, size: int) -> None:
+        with self._change_guard:
+            self._allocations[(st.st_dev, st.st_ino)] = (_round_up(size), st.st_size, st.st_mtime_ns)
 
     def _keep_change_time(self, st: os.stat_result, change: int | None) -> None:
         with self._change_guard:
@@ -730,11 +755,27 @@ class FsShare:
 
         SUPERSEDE of an existing file truncates it (there are no attributes or streams to
         replace). FILE_DIRECTORY_FILE allows only CREATE, OPEN and OPEN_IF; an existing
-        directory is never overwritten (STATUS_INVALID_PARAMETER, as Samba)."""
+        directory is never overwritten (STATUS_INVALID_PARAMETER, as Samba).
+
+        Refused as Windows refuses them (smbtorture smb2.create.gentest): reserved
+        CreateOptions bits or attributes (STATUS_INVALID_PARAMETER), the options this server
+        does not implement (tree connections, opens by file id, opfilter reservations:
+        STATUS_NOT_SUPPORTED), a DesiredAccess with nothing but SYNCHRONIZE in it
+        (STATUS_ACCESS_DENIED), and an encrypted file (STATUS_ACCESS_DENIED: no encryption)."""
         try:
             disp = CreateDisposition(disposition)
         except ValueError:
             raise FsError(NTStatus.INVALID_PARAMETER, f"CreateDisposition {disposition}") from None
+        if create_options & RESERVED_CREATE_OPTIONS:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"CreateOptions {create_options:#x}")
+        if file_attributes & INVALID_FILE_ATTRIBUTES:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"FileAttributes {file_attributes:#x}")
+        if create_options & UNSUPPORTED_CREATE_OPTIONS:
+            raise FsError(NTStatus.NOT_SUPPORTED, f"CreateOptions {create_options:#x}")
+        if not desired_access & ~SYNCHRONIZE_ACCESS:
+            raise FsError(NTStatus.ACCESS_DENIED, f"DesiredAccess {desired_access:#x} asks for nothing")
+        if file_attributes & FileAttributes.ENCRYPTED and disp != CreateDisposition.OPEN:
+            raise FsError(NTStatus.ACCESS_DENIED, "encrypted files")
         want_dir = bool(create_options & CreateOptions.DIRECTORY_FILE)
         want_file = bool(create_options & CreateOptions.NON_DIRECTORY_FILE)
         if want_dir and want_file:
@@ -1200,6 +1241,10 @@ class FsHandle:
         self._need_file("write")
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
         self._check_range(offset, len(view))
+        if view and offset >= MAX_FILE_SIZE:
+            raise FsError(NTStatus.INVALID_PARAMETER, f"a write at {offset}")
+        if view and offset + len(view) >= MAX_FILE_SIZE:
+            raise FsError(STATUS_DISK_FULL, f"a write up to {offset + len(view)}")
         total = 0
         try:
             while total < len(view):
@@ -1234,16 +1279,21 @@ class FsHandle:
         except OSError as exc:
             raise _os_error(exc, f"truncate of {self.smb_path!r}") from None
 
-    def set_allocation_size(self, size: int) -> None:
+    def set_allocation_size(self, size: int, *, check_access: bool = True) -> None:
         """FileAllocationInformation: below the end of file it truncates ([MS-FSA]);
-        above, nothing is reserved (POSIX allocates on write)."""
-        self._need(AccessMask.FILE_WRITE_DATA, "set allocation")
+        above, nothing is reserved (POSIX allocates on write). The size set (rounded up to
+        the allocation unit, and never below the end of file) is what the file reports
+        until its size or data next change."""
+        if check_access:
+            self._need(AccessMask.FILE_WRITE_DATA, "set allocation")
+        self._check_open()
         if self.is_directory:
             raise FsError(NTStatus.INVALID_PARAMETER, "allocation of a directory")
         self._check_range(size, 0)
         try:
             if size < os.fstat(self._fd).st_size:
                 os.ftruncate(self._fd, size)
+            self.share._keep_allocation(os.fstat(self._fd), size)
         except OSError as exc:
             raise _os_error(exc, f"allocation of {self.smb_path!r}") from None
 
