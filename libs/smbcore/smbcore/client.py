@@ -23,9 +23,17 @@ connection (:class:`ClientConnection`: dialect, cipher, signing algorithm, credi
 the connection's pre-auth hash) carries one channel of a :class:`Session` (keys, user, id,
 the session's pre-auth hash, its :class:`TreeConnect` table), and the session's
 :attr:`Session.channels` holds one :class:`Channel` (that connection's signing key) per
-connection. Phase 1 establishes one channel per session; binding further connections
-(SMB2_SESSION_FLAG_BINDING, 3.2.4.2.3, 3.2.5.3.3) adds entries to ``Session.channels`` with
-keys from :func:`channel_signing_key`.
+connection. :meth:`ClientConnection.start_session` establishes a session and its first
+channel; :meth:`ClientConnection.bind_session` binds another connection to it
+(SMB2_SESSION_FLAG_BINDING, MS-SMB2 3.2.4.2.3, 3.2.5.3.1): the binding requests are signed
+with Session.SigningKey, 3.1.1's pre-auth hash starts from *that* connection's NEGOTIATE, and
+the new entry of ``Session.channels`` signs with its own key from :func:`channel_signing_key`.
+
+Every request of a session carries Session.ChannelSequence (MS-SMB2 2.2.1.2, 3.2.4.1); the
+caller bumps it (:meth:`Session.bump_channel_sequence`) when a channel fails, and sends the
+requests that were in flight on it again on another channel with ``replay=True``
+(SMB2_FLAGS_REPLAY_OPERATION, 3.2.7.1). Which requests to replay, and where, is the shell's
+business (:mod:`smbcore.multichannel`).
 
 Each state machine is one transition table here (:data:`CONN_TRANSITIONS`,
 :data:`REQUEST_TRANSITIONS`, :data:`SESSION_TRANSITIONS`); a missing entry is a protocol error.
@@ -67,6 +75,7 @@ from .messages import (
     Empty4,
     ErrorResponse,
     SessionFlags,
+    SessionSetupFlags,
     SessionSetupRequest,
     SessionSetupResponse,
     ShareFlags,
@@ -93,7 +102,9 @@ __all__ = [
     "CONN_TRANSITIONS",
     "REQUEST_TRANSITIONS",
     "SESSION_TRANSITIONS",
+    "BindingFailed",
     "Channel",
+    "ChannelBound",
     "ClientAuth",
     "ClientConfig",
     "ClientConnection",
@@ -174,6 +185,10 @@ class ClientConfig:
     pending_timeout: float = 600.0
     #: Seconds for the TCP connection and NEGOTIATE together.
     connect_timeout: float = 20.0
+    #: Seconds a peer may leave sent data unacknowledged, or an idle connection's keepalive
+    #: probes unanswered, before the kernel ends the connection (TCP_USER_TIMEOUT and
+    #: keepalive): how soon a pulled link fails its channel. None leaves the kernel's defaults.
+    dead_peer_timeout: float | None = 30.0
 
     def __post_init__(self) -> None:
         if not self.dialects or any(d not in SMB3_DIALECTS for d in self.dialects):
@@ -192,8 +207,10 @@ class ClientConfig:
             raise ValueError(
                 "credit_target must pay for a READ of max_io and window_bytes be at least 64 KiB"
             )
-        if min(self.request_timeout, self.pending_timeout, self.connect_timeout) <= 0:
-            raise ValueError("timeouts must be positive")
+        if min(self.request_timeout, self.pending_timeout, self.connect_timeout) <= 0 or (
+            self.dead_peer_timeout is not None and self.dead_peer_timeout < 1
+        ):
+            raise ValueError("timeouts must be positive (and dead_peer_timeout at least a second)")
 
 
 class ClientAuth(Protocol):
@@ -366,6 +383,12 @@ class Session:
     #: The server requires encryption for the whole session (SMB2_SESSION_FLAG_ENCRYPT_DATA).
     encrypt_data: bool = False
     flags: int = 0
+    #: What the first channel negotiated; a channel bound later must have the same.
+    signing_algorithm: crypto.SigningAlgorithm = crypto.SigningAlgorithm.AES_CMAC
+    server_guid: bytes = b""
+    #: Session.ChannelSequence (MS-SMB2 3.2.1.3): in every request's header; one more after
+    #: each channel failure, so the server can tell requests sent before it from those after.
+    channel_sequence: int = 0
     channels: dict[ClientConnection, Channel] = field(default_factory=dict, repr=False)
     trees: dict[int, TreeConnect] = field(default_factory=dict, repr=False)
     #: The SESSION_SETUP round in flight.
@@ -375,6 +398,12 @@ class Session:
     def encrypted(self) -> bool:
         """Every request of this session goes encrypted."""
         return self.encrypt_data or self.require_encryption
+
+    def bump_channel_sequence(self) -> int:
+        """A channel failed (MS-SMB2 3.2.7.1): requests from now on carry the next
+        ChannelSequence (16 bits, wrapping). Returns it."""
+        self.channel_sequence = (self.channel_sequence + 1) & 0xFFFF
+        return self.channel_sequence
 
     def channel(self, connection: ClientConnection) -> Channel:
         channel = self.channels.get(connection)
@@ -398,6 +427,7 @@ class _Purpose(enum.Enum):
     SESSION_SETUP = "session-setup"
     TREE_CONNECT = "tree-connect"
     VALIDATE = "validate-negotiate"
+    BIND = "bind"  # a SESSION_SETUP round binding this connection to a session
 
 
 class Request:
@@ -410,6 +440,7 @@ class Request:
         "_heap_deadline",
         "async_id",
         "body",
+        "channel_sequence",
         "charge",
         "command",
         "deadline",
@@ -418,12 +449,15 @@ class Request:
         "message_id",
         "path",
         "payload",
+        "preauth",
         "purpose",
         "recv_size",
         "related",
+        "replay",
         "send_size",
         "session",
         "sign",
+        "signer",
         "state",
         "tree",
         "verified",
@@ -465,6 +499,14 @@ class Request:
         self.verified = False
         self.wants_encryption = False
         self.path = ""
+        #: Sent again after its channel failed (SMB2_FLAGS_REPLAY_OPERATION).
+        self.replay = False
+        #: The ChannelSequence its header carried (set when it is sent).
+        self.channel_sequence = 0
+        #: The pre-auth hash its bytes go into (a SESSION_SETUP round of 3.1.1), if any.
+        self.preauth: crypto.PreauthHash | None = None
+        #: Signs it instead of the channel's signer (a binding round: Session.SigningKey).
+        self.signer: crypto.Signer | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.command.name} mid={self.message_id} {self.state.value}>"
@@ -605,6 +647,22 @@ class SessionEstablished:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelBound:
+    """This connection is now a channel of ``session`` (SMB2_SESSION_FLAG_BINDING succeeded)."""
+
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class BindingFailed:
+    """Binding this connection to ``session`` failed (the session itself is unaffected)."""
+
+    session: Session
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionFailed:
     """SESSION_SETUP failed: the server's ``status`` (or the local reason's stand-in)."""
 
@@ -621,7 +679,19 @@ Event = (
     | Negotiated
     | SessionEstablished
     | SessionFailed
+    | ChannelBound
+    | BindingFailed
 )
+
+
+@dataclass(eq=False, slots=True)
+class _Binding:
+    """A binding in progress on one connection: its own authentication and pre-auth hash, and
+    Session.SigningKey's signer for its requests."""
+
+    authenticator: ClientAuth
+    preauth: crypto.PreauthHash | None
+    signer: crypto.Signer
 
 
 # -- the connection --------------------------------------------------------------------------------
@@ -669,6 +739,7 @@ class ClientConnection:
         self.gss_token = b""
         self.negotiate_validated = False
         self.sessions: dict[int, Session] = {}
+        self._binding: dict[Session, _Binding] = {}
         self._queue: deque[tuple[Request, ...]] = deque()
         self._sent: dict[int, Request] = {}
         self._abandoned: set[int] = set()
@@ -707,6 +778,9 @@ class ClientConnection:
         """The transport is gone (or the application closes it): every request queued or in
         flight is dropped and returned, so the shell can fail its waiters."""
         self._transition(_ConnInput.CLOSE)
+        for session in self.sessions.values():
+            session.channels.pop(self, None)  # the session lives on in its other channels
+        self._binding.clear()
         dropped = [r for group in self._queue for r in group] + list(self._sent.values())
         self._queue.clear()
         self._sent.clear()
@@ -759,6 +833,8 @@ class ClientConnection:
         )
         if request.purpose is _Purpose.SESSION_SETUP and request.session is not None:
             self._fail_session(request.session, NTStatus.IO_TIMEOUT, "SESSION_SETUP timed out")
+        elif request.purpose is _Purpose.BIND and request.session is not None:
+            self._fail_binding(request.session, NTStatus.IO_TIMEOUT, "the binding SESSION_SETUP timed out")
         else:
             self._events.append(RequestTimedOut(request))
 
@@ -817,6 +893,40 @@ class ClientConnection:
         self._session_setup(session, token, now)
         return session
 
+    def bind_session(self, session: Session, authenticator: ClientAuth, now: float) -> None:
+        """Bind this connection to ``session``, established on another connection to the same
+        server (MS-SMB2 3.2.4.2.3): :class:`ChannelBound` or :class:`BindingFailed` follows.
+
+        The connection must have negotiated what the session's first channel did (dialect, and
+        in 3.1.1 cipher and signing algorithm) with the same server; ``authenticator`` is a
+        fresh one for the same user."""
+        self._require_ready()
+        if session.state is not SessionState.VALID or session.keys is None:
+            raise LocalProtocolError(f"session {session.session_id:#x} is {session.state.value}, not valid")
+        if self in session.channels or session in self._binding:
+            raise LocalProtocolError("this connection is already a channel of the session, or binding")
+        if self.server_guid != session.server_guid:
+            raise LocalProtocolError("the session belongs to another server (its ServerGuid differs)")
+        if self.dialect != session.dialect or (
+            self.dialect == Dialect.SMB_3_1_1
+            and (self.cipher != session.cipher or self.signing_algorithm != session.signing_algorithm)
+        ):
+            raise LocalProtocolError(
+                "this connection negotiated another dialect, cipher or signing algorithm than the session"
+            )
+        binding = _Binding(
+            authenticator,
+            self.preauth.copy() if self.dialect == Dialect.SMB_3_1_1 else None,
+            crypto.make_signer(self.signing_algorithm, session.keys.signing_key),
+        )
+        try:
+            token = authenticator.step(self.gss_token or None)
+        except AuthenticationError as exc:
+            self._events.append(BindingFailed(session, exc.status, str(exc)))
+            return
+        self._binding[session] = binding
+        self._bind_round(session, binding, token, now)
+
     def tree_connect(
         self, session: Session, share: str, now: float, *, require_encryption: bool = False
     ) -> Request:
@@ -863,12 +973,14 @@ class ClientConnection:
         recv_size: int = 0,
         now: float,
         timeout: float | None = None,
+        replay: bool = False,
     ) -> Request:
         """Queue one request; it goes out as soon as the credits allow.
 
         ``body`` is what follows the header; ``payload`` (a WRITE's data) follows ``body`` and
         is neither copied nor joined unless the request is encrypted. ``send_size`` and
         ``recv_size`` are the payload sizes that set the credit charge (MS-SMB2 3.2.4.1.5).
+        ``replay`` marks a request sent again after its channel failed (MS-SMB2 3.2.7.1).
         """
         if command in (Command.NEGOTIATE, Command.SESSION_SETUP, Command.CANCEL):
             raise LocalProtocolError(f"{command.name} is sent by the connection itself")
@@ -881,6 +993,7 @@ class ClientConnection:
             command, body, session, tree, now, payload=payload, send_size=send_size, recv_size=recv_size,
             timeout=timeout,
         )  # fmt: skip
+        request.replay = replay
         self._protect(request)
         self._enqueue((request,))
         return request
@@ -893,6 +1006,7 @@ class ClientConnection:
         tree: TreeConnect,
         now: float,
         timeout: float | None = None,
+        replay: bool = False,
     ) -> tuple[Request, ...]:
         """Queue related requests (command, body, send_size, recv_size) as one compound
         (MS-SMB2 3.2.4.1.4): the ones after the first name the file ``NO_FILE_ID`` to act on
@@ -907,6 +1021,7 @@ class ClientConnection:
                 command, body, session, tree, now, send_size=send_size, recv_size=recv_size, timeout=timeout
             )
             request.related = i > 0
+            request.replay = replay
             self._protect(request)
             group.append(request)
         self._enqueue(tuple(group))
@@ -920,14 +1035,16 @@ class ClientConnection:
         length: int,
         now: float,
         timeout: float | None = None,
+        replay: bool = False,
     ) -> Request:
         """READ ``length`` bytes at ``offset`` (at most :attr:`max_read`)."""
         if not 0 < length <= self.max_read:
             raise LocalProtocolError(f"READ of {length} bytes (at most {self.max_read})")
         body = ReadRequest(49, 0x50, 0, length, offset, file_id, 0, 0, 0, 0, 0).to_bytes() + b"\x00"
         return self.request(
-            Command.READ, body, session=tree.session, tree=tree, recv_size=length, now=now, timeout=timeout
-        )
+            Command.READ, body, session=tree.session, tree=tree, recv_size=length, now=now, timeout=timeout,
+            replay=replay,
+        )  # fmt: skip
 
     def write(
         self,
@@ -937,6 +1054,7 @@ class ClientConnection:
         data: Buffer,
         now: float,
         timeout: float | None = None,
+        replay: bool = False,
     ) -> Request:
         """WRITE ``data`` at ``offset`` (at most :attr:`max_write` bytes); ``data`` is sent
         from where it is and must not change until the response arrives."""
@@ -946,7 +1064,7 @@ class ClientConnection:
         head = WriteRequest(offset, file_id, memoryview(view)).encode_head()
         return self.request(
             Command.WRITE, head, session=tree.session, tree=tree, payload=view, send_size=len(view),
-            now=now, timeout=timeout,
+            now=now, timeout=timeout, replay=replay,
         )  # fmt: skip
 
     def cancel(self, request: Request) -> None:
@@ -1048,15 +1166,21 @@ class ClientConnection:
         heads: list[bytearray] = []
         first = group[0]
         session, encrypt = first.session, first.encrypt
+        # ChannelSequence (MS-SMB2 2.2.1.2): every dialect the client speaks is 3.x.
+        channel_sequence = session.channel_sequence if session is not None else 0
         for request in group:
             message_id, credit_request, extra = self.credits.take(request.charge)
             request.message_id, request.extra = message_id, extra
+            request.channel_sequence = channel_sequence
             tree_id = request.tree.tree_id if request.tree is not None else 0
             flags = Flags.RELATED_OPERATIONS if request.related and len(group) > 1 else 0
+            if request.replay:
+                flags |= Flags.REPLAY_OPERATION
             head = bytearray(HEADER_SIZE + len(request.body))
             Header(
-                credit_charge=request.charge, command=request.command, credits=credit_request, flags=flags,
-                message_id=message_id, reserved_or_async=Header.sync_field(tree_id),
+                credit_charge=request.charge, status=channel_sequence, command=request.command,
+                credits=credit_request, flags=flags, message_id=message_id,
+                reserved_or_async=Header.sync_field(tree_id),
                 session_id=session.session_id if session is not None else 0,
             ).encode_into(head)  # fmt: skip
             head[HEADER_SIZE:] = request.body
@@ -1068,15 +1192,15 @@ class ClientConnection:
         for request, head in zip(group, heads, strict=True):
             if request.sign:
                 assert session is not None
-                signer = session.channel(self).signer
+                signer = request.signer or session.channel(self).signer
                 if request is group[-1] and payload:
                     signer.sign_parts_in_place(head, payload)
                 else:
                     signer.sign_in_place(head)
             if request.purpose is _Purpose.NEGOTIATE:
                 self.preauth.update(head)
-            elif request.purpose is _Purpose.SESSION_SETUP and request.session and request.session.preauth:
-                request.session.preauth.update(head)
+            elif request.preauth is not None:
+                request.preauth.update(head)
             request._transition(_RequestInput.SEND)
             request.body = b""
             request.payload = b""
@@ -1224,6 +1348,10 @@ class ClientConnection:
         if request.purpose is _Purpose.SESSION_SETUP:
             self._finish(request)
             self._on_session_setup(request, header, message, encrypted_by, now)
+            return None
+        if request.purpose is _Purpose.BIND:
+            self._finish(request)
+            self._on_bind(request, header, message, encrypted_by, now)
             return None
         self._check_protection(request, header, message, encrypted_by)
         body = self._parse_body(request, header, message)
@@ -1431,6 +1559,7 @@ class ClientConnection:
     def _session_setup(self, session: Session, token: bytes, now: float) -> None:
         body = SessionSetupRequest(0, self.security_mode & 0xFF, 0, 0, token).encode()
         request = self._new(Command.SESSION_SETUP, body, session, None, now, purpose=_Purpose.SESSION_SETUP)
+        request.preauth = session.preauth
         session.setup = request
         self._enqueue((request,))
 
@@ -1514,6 +1643,7 @@ class ClientConnection:
                 "the server requires encryption on a connection without a cipher", NTStatus.ACCESS_DENIED
             )
         session.keys, session.session_key, session.cipher = keys, bytes(session_key), self.cipher
+        session.signing_algorithm, session.server_guid = self.signing_algorithm, self.server_guid
         session.signing_required = signing_required
         session.encrypt_data = encrypt_data
         session.flags = response.session_flags
@@ -1521,6 +1651,80 @@ class ClientConnection:
         session.channels[self] = Channel(self, keys.signing_key, signer)
         session._transition(_SessionInput.ESTABLISHED)
         self._events.append(SessionEstablished(session))
+
+    # -- binding a channel (MS-SMB2 3.2.4.2.3, 3.2.5.3.1) -------------------------------------------
+
+    def _bind_round(self, session: Session, binding: _Binding, token: bytes, now: float) -> None:
+        body = SessionSetupRequest(SessionSetupFlags.BINDING, self.security_mode & 0xFF, 0, 0, token).encode()
+        request = self._new(Command.SESSION_SETUP, body, session, None, now, purpose=_Purpose.BIND)
+        request.sign, request.signer, request.preauth = True, binding.signer, binding.preauth
+        self._enqueue((request,))
+
+    def _fail_binding(self, session: Session, status: int, reason: str) -> None:
+        log.info("channel binding failed", extra={"status": NTStatus.name_of(status), "reason": reason})
+        self._binding.pop(session, None)
+        self._events.append(BindingFailed(session, status, reason))
+
+    def _on_bind(
+        self, request: Request, header: Header, message: memoryview, encrypted_by: Session | None, now: float
+    ) -> None:
+        session = request.session
+        assert session is not None
+        binding = self._binding.get(session)
+        if binding is None:  # the session ended meanwhile
+            return
+        if encrypted_by is not None or header.session_id != session.session_id:
+            raise RemoteProtocolError(
+                "binding SESSION_SETUP response encrypted or for another session", NTStatus.ACCESS_DENIED
+            )
+        status = header.status
+        if status not in (NTStatus.SUCCESS, NTStatus.MORE_PROCESSING_REQUIRED):
+            error = ErrorResponse.decode(message, HEADER_SIZE)
+            check_structure_size("ERROR response", error.structure_size, 9)
+            self._fail_binding(session, status, "the server refused to bind the channel")
+            return
+        response = SessionSetupResponse.decode(message)
+        if status == NTStatus.MORE_PROCESSING_REQUIRED:
+            # Signed, if at all, with Session.SigningKey: this channel has no key of its own yet.
+            if header.flags & Flags.SIGNED and not binding.signer.verify(message):
+                raise RemoteProtocolError(
+                    "a binding SESSION_SETUP response's signature does not verify", NTStatus.INVALID_SIGNATURE
+                )
+            if binding.preauth is not None:
+                binding.preauth.update(message)
+            try:
+                token = binding.authenticator.step(response.security_buffer)
+            except AuthenticationError as exc:
+                self._fail_binding(session, exc.status, str(exc))
+                return
+            self._bind_round(session, binding, token, now)
+            return
+        try:
+            if response.security_buffer and not binding.authenticator.complete:
+                binding.authenticator.step(response.security_buffer)
+            session_key = binding.authenticator.session_key
+        except SMBProtocolError as exc:
+            self._fail_binding(session, exc.status, str(exc))
+            return
+        key = channel_signing_key(
+            session_key,
+            self.dialect,
+            binding.preauth.value if binding.preauth is not None else None,
+            self.cipher if self.dialect == Dialect.SMB_3_1_1 else None,
+        )
+        signer = crypto.make_signer(self.signing_algorithm, key)
+        if not header.flags & Flags.SIGNED or not signer.verify(message):
+            raise RemoteProtocolError(
+                "the final binding SESSION_SETUP response is not signed with the channel's key",
+                NTStatus.INVALID_SIGNATURE,
+            )
+        del self._binding[session]
+        if session.state is not SessionState.VALID:
+            self._events.append(BindingFailed(session, NTStatus.USER_SESSION_DELETED, "the session ended"))
+            return
+        session.channels[self] = Channel(self, key, signer)
+        self.sessions[session.session_id] = session
+        self._events.append(ChannelBound(session))
 
     # -- FSCTL_VALIDATE_NEGOTIATE_INFO (MS-SMB2 3.2.5.14.12) ----------------------------------------
 

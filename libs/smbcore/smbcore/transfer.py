@@ -36,9 +36,12 @@ Progress = Callable[[int, int], None]
 class FileWriter:
     """Writes to ``file`` from ``offset`` on, sequentially (or wherever :meth:`seek` says).
 
-    ``buffer_size`` (default: the negotiated write size) is the size of each WRITE built from
+    ``buffer_size`` (default: the session's write size) is the size of each WRITE built from
     small chunks; ``buffers`` bounds how many such buffers exist (default: enough to fill the
-    window). ``progress(done)`` is called with the bytes the server has confirmed.
+    session's window). ``progress(done)`` is called with the bytes the server has confirmed.
+    With several channels the WRITEs are spread over them; one whose channel fails is
+    replayed on another with the same data, so a buffer is reused only once its WRITE is
+    confirmed.
     """
 
     def __init__(
@@ -50,11 +53,11 @@ class FileWriter:
         buffers: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        client = file.client
+        session = file.session
         self.file = file
         self.position = offset
-        self._chunk = min(buffer_size or client.max_write, client.max_write)
-        self._max_buffers = buffers or max(2, client.window.size // self._chunk + 1)
+        self._chunk = min(buffer_size or session.max_write, session.max_write)
+        self._max_buffers = buffers or max(2, session.window.size // self._chunk + 1)
         self._free: list[bytearray] = []
         self._made = 0
         self._buffer_waiters: collections.deque[asyncio.Future[None]] = collections.deque()

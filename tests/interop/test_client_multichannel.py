@@ -1,0 +1,255 @@
+"""Multichannel on loopback: Ferry's client over several channels of one session, against
+Ferry's server (advertising 127.0.0.1 and 127.0.0.2) and Samba's smbd (127.0.0.1 and ::1,
+``server multi channel support = yes``, ``interfaces`` with speed, RSS and if_index), each
+address as a 10 Gb/s RSS interface.
+
+The client's local interfaces are given, not read from the kernel (the kernel has one ``lo``,
+which pairs with one server interface): two 10 Gb/s RSS interfaces, one per server address,
+and the selection policy allows loopback and plans two connections per interface, so the
+session has four channels. A 256 MiB copy goes both ways with matching SHA-256; one channel's
+socket is shut down mid-copy: the copy completes with the right bytes, the session's
+ChannelSequence moves on, and the lost channel is re-opened and bound again. The MB/s of one
+channel and of four are printed (``-s``); they are figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from smbcore.aio_client import SMBClient
+from smbcore.aio_multichannel import MultichannelClient, MultichannelOptions
+from smbcore.ioctl import InterfaceCapability, NetworkInterfaceInfo
+from smbcore.multichannel import ChannelKey
+from smbcore.selection import Nic, NicAddress, SelectionPolicy
+from smbcore.transfer import copy_from_share, copy_to_share
+
+from tests.interop.client_suite import sha256
+from tests.support.samba import samba_server
+from tests.support.smbserver import PASSWORD, USER, smb_server
+
+MiB = 1 << 20
+BIG = 256 * MiB
+TEN_G = 10_000_000_000
+CHANNELS = 4
+RSS = InterfaceCapability.RSS
+
+
+@dataclass
+class McPeer:
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    share: Path  # the folder the "data" share serves
+    local: list[Nic]  # the client's interfaces, one per server address
+    pairs: set[ChannelKey]  # the (source, server) pairs the plan must have
+    server_channels: Callable[[int], int] | None  # channels the server has for a session id
+    interfaces: list[NetworkInterfaceInfo] | None = None  # what the server advertises (Ferry's)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition did not come true in time")
+
+
+def rss_nic(name: str, index: int, address: str, prefix: int) -> Nic:
+    return Nic(name, index, (NicAddress(address, prefix),), TEN_G, rss_capable=True, rx_queues=None)
+
+
+class MultichannelSuite:
+    """Subclasses provide ``peer`` (class scope)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def big_file(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+        path = tmp_path_factory.mktemp("mc-big") / "random.bin"
+        digest = hashlib.sha256()
+        with path.open("wb") as f:
+            for _ in range(BIG // (16 * MiB)):
+                chunk = os.urandom(16 * MiB)
+                digest.update(chunk)
+                f.write(chunk)
+        return path, digest.hexdigest()
+
+    async def connect(self, peer: McPeer, *, channels: int = CHANNELS) -> MultichannelClient:
+        options = MultichannelOptions(
+            enabled=channels > 1, max_channels=channels, rebind_delay=0.2, rebind_max_delay=1.0,
+            policy=SelectionPolicy(allow_loopback=True, rss_connections=2),
+        )  # fmt: skip
+        return await MultichannelClient.connect(
+            peer.host, peer.port, user=peer.user, password=peer.password, options=options,
+            local_interfaces=lambda: peer.local,
+        )  # fmt: skip
+
+    async def test_the_session_has_four_channels_over_both_pairs(self, peer: McPeer) -> None:
+        async with await self.connect(peer) as mc:
+            tree = await mc.connect_tree("data")
+            assert mc.plan is not None and mc.plan.connections == CHANNELS
+            assert len(mc.session.channels) == CHANNELS
+            assert {ChannelKey(c.local, c.remote) for c in mc.channels} == peer.pairs
+            assert all(c.speed_bps == TEN_G // 2 for c in mc.channels)  # a pair's speed, shared
+            if peer.server_channels is not None:
+                assert peer.server_channels(mc.session.session_id) == CHANNELS
+            # Every channel can carry the session's requests (each signs with its own key).
+            async with await tree.open("hello.txt", "w") as f:
+                await asyncio.gather(*(f.write(i * 6, b"hello\n") for i in range(40)))
+            assert (peer.share / "hello.txt").read_bytes() == b"hello\n" * 40
+            assert all(mc.session.bytes_sent(c) > 0 for c in mc.session.channels)
+            await tree.remove("hello.txt")
+
+    @pytest.mark.parametrize("channels", [1, CHANNELS])
+    async def test_256_mib_both_ways(
+        self, peer: McPeer, big_file: tuple[Path, str], channels: int, tmp_path: Path
+    ) -> None:
+        source, digest = big_file
+        async with await self.connect(peer, channels=channels) as mc:
+            tree = await mc.connect_tree("data")
+            assert len(mc.session.channels) == channels
+            start = time.perf_counter()
+            assert await copy_to_share(source, tree, "big.bin") == BIG
+            put = time.perf_counter() - start
+            assert sha256(peer.share / "big.bin") == digest
+            start = time.perf_counter()
+            assert await copy_from_share(tree, "big.bin", tmp_path / "back.bin") == BIG
+            get = time.perf_counter() - start
+            assert sha256(tmp_path / "back.bin") == digest
+            used = mc.channels_used()
+            assert len(used) == channels
+            if channels > 1:  # each channel carried a fair part (equal speeds)
+                assert min(c.bytes for c in used) > 2 * BIG / channels / 4
+            await tree.remove("big.bin")
+        print(
+            f"\n{peer.name}, {channels} channel(s): 256 MiB to the share {BIG / put / 1e6:.0f} MB/s,"
+            f" back {BIG / get / 1e6:.0f} MB/s"
+        )
+
+    @pytest.mark.parametrize("direction", ["to-share", "from-share"])
+    async def test_a_channel_killed_mid_copy(
+        self, peer: McPeer, big_file: tuple[Path, str], direction: str, tmp_path: Path
+    ) -> None:
+        """One channel's socket is shut down once 64 MiB have gone: its requests are replayed on
+        the others, the copy completes with the right bytes, the channel comes back."""
+        source, digest = big_file
+        if direction == "from-share":
+            shutil.copyfile(source, peer.share / "killed.bin")
+        async with await self.connect(peer) as mc:
+            tree = await mc.connect_tree("data")
+            victims: list[SMBClient] = []
+            killed: list[int] = []
+
+            def progress(done: int, total: int) -> None:
+                if done >= 64 * MiB and not killed:  # the busiest channel goes
+                    victim = max(mc.session.channels, key=mc.session.inflight)
+                    victims.append(victim)
+                    killed.append(mc.session.inflight(victim))
+                    victim._sock.shutdown(socket.SHUT_RDWR)
+
+            async with asyncio.timeout(120):
+                if direction == "to-share":
+                    assert await copy_to_share(source, tree, "killed.bin", progress=progress) == BIG
+                    assert sha256(peer.share / "killed.bin") == digest
+                else:
+                    back = tmp_path / "back.bin"
+                    assert await copy_from_share(tree, "killed.bin", back, progress=progress) == BIG
+                    assert sha256(back) == digest
+            (victim,) = victims
+            assert victim.closed and mc.session.replayed >= killed[0]
+            assert mc.failures == 1 and mc.session.channel_failures == 1
+            assert mc.session.session.channel_sequence == 1
+            # The lost pair is re-opened and bound again.
+            await mc.wait_for_channels(CHANNELS, 30)
+            assert mc.rebinds >= 1 and victim not in mc.session.channels
+            assert {ChannelKey(c.local, c.remote) for c in mc.channels} == peer.pairs
+            if peer.server_channels is not None:
+                assert peer.server_channels(mc.session.session_id) == CHANNELS
+            # ... and used: a last write goes over every channel.
+            async with await tree.open("after.txt", "w") as f:
+                await asyncio.gather(*(f.write(i, b"x") for i in range(3 * CHANNELS)))
+            assert all(mc.session.bytes_sent(c) > 0 for c in mc.session.channels)
+            await tree.remove("after.txt")
+            await tree.remove("killed.bin")
+        print(
+            f"\n{peer.name}, {direction}: {killed[0]} request(s) in flight on the killed channel,"
+            f" {mc.session.replayed} replayed, {mc.session.retried} retried (FILE_NOT_AVAILABLE),"
+            f" {mc.rebinds} re-bound"
+        )
+
+
+class TestMultichannelAgainstFerry(MultichannelSuite):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def peer(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McPeer]:
+        root = tmp_path_factory.mktemp("mc-ferry")
+        interfaces = [
+            NetworkInterfaceInfo(1, RSS, TEN_G, "127.0.0.1"),
+            NetworkInterfaceInfo(2, RSS, TEN_G, "127.0.0.2"),
+        ]
+        with smb_server(root, interfaces=interfaces) as running:
+            asyncio.run_coroutine_threadsafe(
+                running.server.start("127.0.0.2", running.port), running.loop
+            ).result()
+            state = running.server.state
+            local = [rss_nic("lo-a", 1, "127.0.0.1", 31), rss_nic("lo-b", 2, "127.0.0.2", 31)]
+            pairs = {ChannelKey("127.0.0.1", "127.0.0.1"), ChannelKey("127.0.0.2", "127.0.0.2")}
+            yield McPeer(
+                "ferry", running.host, running.port, USER, PASSWORD, root / "data", local, pairs,
+                lambda sid: len(state.sessions[sid].channels), interfaces,
+            )  # fmt: skip
+
+    async def test_a_new_plan_retires_a_pair_the_server_no_longer_offers(self, peer: McPeer) -> None:
+        assert peer.interfaces is not None
+        async with await self.connect(peer) as mc:
+            await mc.connect_tree("data")
+            assert len(mc.session.channels) == CHANNELS
+            dropped = peer.interfaces.pop()  # the server stops advertising 127.0.0.2
+            try:
+                plan = await mc.refresh()
+                assert plan is not None and plan.connections == 2
+                assert len(mc.session.channels) == 2  # at once: nothing more is sent on them
+                server_channels = peer.server_channels
+                assert server_channels is not None
+                await eventually(lambda: server_channels(mc.session.session_id) == 2)  # closed when idle
+                assert {ChannelKey(c.local, c.remote) for c in mc.channels} == {
+                    ChannelKey("127.0.0.1", "127.0.0.1")
+                }
+                assert mc.failures == 0  # retired, not lost
+            finally:
+                peer.interfaces.append(dropped)
+            await mc.refresh(wait=True)
+            assert len(mc.session.channels) == CHANNELS
+
+
+class TestMultichannelAgainstSamba(MultichannelSuite):
+    @pytest.fixture(scope="class")
+    @classmethod
+    def peer(cls, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McPeer]:
+        # smbd advertises only addresses the kernel has: 127.0.0.1 and ::1, as two interfaces.
+        interfaces = " ".join(
+            f'"{address};speed={TEN_G},capability=RSS,if_index={index}"'
+            for index, address in ((1, "127.0.0.1"), (2, "::1"))
+        )
+        options = {
+            "server multi channel support": "yes",
+            "interfaces": interfaces,
+            "bind interfaces only": "yes",
+        }
+        with samba_server(tmp_path_factory.mktemp("mc-samba"), shares={"data": {}}, options=options) as smbd:
+            local = [rss_nic("lo4", 1, "127.0.0.1", 8), rss_nic("lo6", 2, "::1", 128)]
+            pairs = {ChannelKey("127.0.0.1", "127.0.0.1"), ChannelKey("::1", "::1")}
+            yield McPeer(
+                "samba", smbd.host, smbd.port, smbd.user, smbd.password, smbd.shares["data"], local, pairs,
+                None,
+            )  # fmt: skip
