@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import interfaces, smbserver, stack
+from . import host, interfaces, plan, smbserver, stack
 from .common import CliError
 
 
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="area", metavar="COMMAND", required=True)
     interfaces.register(sub)
+    plan.register(sub)
+    host.register(sub)
     smbserver.register(sub)
     stack.register(sub)
     return parser

@@ -28,6 +28,34 @@ def discovery_interfaces(host: str) -> str:
 ALL_INVENTORY_CHANGES = f"{INVENTORY_CHANGED_PREFIX}.>"
 
 
+# -- the selector (services/selector) ------------------------------------------------------------
+
+#: KV bucket of Multichannel constraints, one key per client host (schema ferry.constraints).
+CONSTRAINTS_BUCKET = "ferry-constraints"
+
+#: KV bucket of host settings, one key per host (schema ferry.host-settings): migration networks
+#: now, more sections as services need them.
+HOST_SETTINGS_BUCKET = "ferry-host-settings"
+
+#: Queue group of the selector's responders: one instance answers each request.
+SELECTOR_QUEUE = "ferry-selector"
+
+#: Request/reply: the channel plan for (client, server, purpose).
+SELECTOR_PLAN = "ferry.selector.plan"
+
+#: Request/reply: the hosts whose inventory the selector holds.
+SELECTOR_HOSTS = "ferry.selector.hosts"
+
+#: Request/reply: Multichannel constraints (add interfaces, list, remove).
+SELECTOR_CONSTRAINT_ADD = "ferry.selector.constraints.add"
+SELECTOR_CONSTRAINT_LIST = "ferry.selector.constraints.list"
+SELECTOR_CONSTRAINT_REMOVE = "ferry.selector.constraints.remove"
+
+#: Request/reply: a host's migration networks (read, replace or clear).
+SELECTOR_MIGRATION_NETWORKS_GET = "ferry.selector.migration-networks.get"
+SELECTOR_MIGRATION_NETWORKS_SET = "ferry.selector.migration-networks.set"
+
+
 # -- smbserver: temporary hidden migration shares (see ferry_runtime.migration_shares) --------
 
 #: KV bucket of the migration shares every smbserver serves, keyed

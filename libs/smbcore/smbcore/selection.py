@@ -27,7 +27,8 @@ criteria" of the client when it handles the FSCTL_QUERY_NETWORK_INTERFACE_INFO r
   whose subnet holds it most narrowly. Server interfaces left without a partner stay idle.
 * A constraint for the server (New-SmbMultichannelConstraint) leaves only the interfaces it
   names; migration networks (Add-VMMigrationNetwork) leave, for a migration, only interfaces
-  with an address in the best-priority networks that yield a channel.
+  with an address in the best-priority networks that yield a channel; the server's own
+  migration networks, when given, leave only its addresses in them.
 * A RoCE NIC without PFC (off or unknown) is not used for RDMA under the default policy
   ``exclude``: it then competes as the RSS or plain NIC it also is (as Windows treats a NIC
   whose RDMA does not work). Under ``warn`` it is used for RDMA and its decision carries a
@@ -35,9 +36,7 @@ criteria" of the client when it handles the FSCTL_QUERY_NETWORK_INTERFACE_INFO r
 
 Link-local (169.254/16, fe80::/10), loopback, multicast and host-scoped addresses are never
 used: a link-local address names no link by itself, so neither "same subnet" nor a route can
-say which local interface reaches it. Loopback is the exception a policy may make
-(``SelectionPolicy(allow_loopback=True)``): one host's tests and benchmarks run a client and a
-server over 127.0.0.1, 127.0.0.2 and ::1 as if they were networks.
+say which local interface reaches it.
 
 Every interface of both sides gets exactly one :class:`Decision`; :meth:`ChannelPlan.to_dict`
 renders the plan as JSON-ready primitives. :func:`connection_speeds`, :func:`speed_weights`
@@ -129,9 +128,6 @@ class NicAddress:
     address: str
     prefix_len: int | None = None
     scope: str = "global"
-    #: Usable although it is a loopback (or host-scoped) address: set by :func:`select_channels`
-    #: under ``SelectionPolicy(allow_loopback=True)``, for one-host tests and benchmarks.
-    loopback_ok: bool = False
 
     def __post_init__(self) -> None:
         ip = ipaddress.ip_address(self.address)
@@ -154,8 +150,6 @@ class NicAddress:
     def usable(self) -> bool:
         """Global (or site) unicast: something a channel can be bound to and reach."""
         ip = self.ip
-        if self.loopback_ok and ip.is_loopback:
-            return True
         return self.scope in ("global", "site") and not (
             ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified
         )
@@ -280,9 +274,6 @@ class SelectionPolicy:
     plain_connections: int = 1
     #: A RoCE interface with PFC off or unknown: not used for RDMA, or used with a warning.
     roce_without_pfc: PfcPolicy = PfcPolicy.EXCLUDE
-    #: Treat loopback interfaces and addresses like any other: for tests and benchmarks on one
-    #: host (a client and a server on 127.0.0.1, 127.0.0.2 and ::1), never for real networks.
-    allow_loopback: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_channels", "rdma_connections", "rss_connections", "plain_connections"):
@@ -544,18 +535,20 @@ def select_channels(
     constraints: Iterable[Constraint] = (),
     migration: MigrationSettings | None = None,
     policy: SelectionPolicy = DEFAULT_POLICY,
+    remote_migration: MigrationSettings | None = None,
 ) -> ChannelPlan:
     """The channel plan from these local interfaces to the server's.
 
     ``constraints`` are every constraint of the local host; those for ``server`` apply.
     ``migration`` applies to ``purpose=MIGRATION`` only (None there: any network), and to the
     local side only; ``reachable`` then sees each interface with only the addresses in the
-    migration networks being tried. Interface names and indexes must be unique on each side.
+    migration networks being tried. ``remote_migration``, the server's own migration networks
+    (also for ``purpose=MIGRATION`` only; None: any network), leaves of the server's interfaces
+    only the addresses in any of them, whatever their priority: the local host's priorities
+    order the choice. Interface names and indexes must be unique on each side.
     """
     local = tuple(local)
     remote = tuple(remote)
-    if policy.allow_loopback:
-        local, remote = tuple(map(_loopback_ok, local)), tuple(map(_loopback_ok, remote))
     _check_unique(Side.LOCAL, local)
     _check_unique(Side.REMOTE, remote)
     warnings: list[str] = []
@@ -589,6 +582,8 @@ def select_channels(
             remotes.append(nic)
         else:
             remote_done[nic.index] = skip
+    if purpose is Purpose.MIGRATION and remote_migration is not None and not remote_migration.use_any_network:
+        remotes = _in_remote_migration_networks(remotes, remote_migration, policy, remote_done)
 
     priority: int | None = None
     if purpose is Purpose.MIGRATION and migration is not None and not migration.use_any_network:
@@ -670,6 +665,30 @@ def _by_migration_priority(
                     f"in a migration network of priority {min(prios)}; priority {chosen} is in use",
                 )
     return outcome, chosen
+
+
+def _in_remote_migration_networks(
+    remotes: list[Nic],
+    migration: MigrationSettings,
+    policy: SelectionPolicy,
+    remote_done: dict[int, Decision],
+) -> list[Nic]:
+    """The server's interfaces cut down to their addresses in the server's migration networks;
+    an interface with none is skipped."""
+    networks = [n.network for n in migration.networks]
+    kept: list[Nic] = []
+    for nic in remotes:
+        inside = _within(nic.addresses, networks)
+        if inside:
+            kept.append(replace(nic, addresses=inside))
+        else:
+            text = (
+                "not in a migration network of the server ("
+                + (", ".join(n.subnet for n in migration.networks) or "none configured")
+                + ")"
+            )
+            remote_done[nic.index] = _decide(Side.REMOTE, nic, policy, Reason.NOT_MIGRATION_NETWORK, text)
+    return kept
 
 
 def _within(addresses: tuple[NicAddress, ...], networks: list[IPNetwork]) -> tuple[NicAddress, ...]:
@@ -833,11 +852,6 @@ def _select(
             text = "no chosen local interface was left to pair with it"
             remote_out[rnic.index] = _decide(Side.REMOTE, rnic, policy, Reason.NOT_PAIRED, text)
     return _Outcome(tier, tuple(channels), local_out, remote_out)
-
-
-def _loopback_ok(nic: Nic) -> Nic:
-    addresses = tuple(replace(a, loopback_ok=True) if a.ip.is_loopback else a for a in nic.addresses)
-    return replace(nic, loopback=False, addresses=addresses)
 
 
 def _prefilter(side: Side, nic: Nic, policy: SelectionPolicy) -> Decision | None:
