@@ -36,7 +36,9 @@ criteria" of the client when it handles the FSCTL_QUERY_NETWORK_INTERFACE_INFO r
 
 Link-local (169.254/16, fe80::/10), loopback, multicast and host-scoped addresses are never
 used: a link-local address names no link by itself, so neither "same subnet" nor a route can
-say which local interface reaches it.
+say which local interface reaches it. Loopback is the exception a policy may make
+(``SelectionPolicy(allow_loopback=True)``): one host's tests and benchmarks run a client and a
+server over 127.0.0.1, 127.0.0.2 and ::1 as if they were networks.
 
 Every interface of both sides gets exactly one :class:`Decision`; :meth:`ChannelPlan.to_dict`
 renders the plan as JSON-ready primitives. :func:`connection_speeds`, :func:`speed_weights`
@@ -128,6 +130,9 @@ class NicAddress:
     address: str
     prefix_len: int | None = None
     scope: str = "global"
+    #: Usable although it is a loopback (or host-scoped) address: set by :func:`select_channels`
+    #: under ``SelectionPolicy(allow_loopback=True)``, for one-host tests and benchmarks.
+    loopback_ok: bool = False
 
     def __post_init__(self) -> None:
         ip = ipaddress.ip_address(self.address)
@@ -150,6 +155,8 @@ class NicAddress:
     def usable(self) -> bool:
         """Global (or site) unicast: something a channel can be bound to and reach."""
         ip = self.ip
+        if self.loopback_ok and ip.is_loopback:
+            return True
         return self.scope in ("global", "site") and not (
             ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified
         )
@@ -274,6 +281,9 @@ class SelectionPolicy:
     plain_connections: int = 1
     #: A RoCE interface with PFC off or unknown: not used for RDMA, or used with a warning.
     roce_without_pfc: PfcPolicy = PfcPolicy.EXCLUDE
+    #: Treat loopback interfaces and addresses like any other: for tests and benchmarks on one
+    #: host (a client and a server on 127.0.0.1, 127.0.0.2 and ::1), never for real networks.
+    allow_loopback: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_channels", "rdma_connections", "rss_connections", "plain_connections"):
@@ -549,6 +559,8 @@ def select_channels(
     """
     local = tuple(local)
     remote = tuple(remote)
+    if policy.allow_loopback:
+        local, remote = tuple(map(_loopback_ok, local)), tuple(map(_loopback_ok, remote))
     _check_unique(Side.LOCAL, local)
     _check_unique(Side.REMOTE, remote)
     warnings: list[str] = []
@@ -852,6 +864,11 @@ def _select(
             text = "no chosen local interface was left to pair with it"
             remote_out[rnic.index] = _decide(Side.REMOTE, rnic, policy, Reason.NOT_PAIRED, text)
     return _Outcome(tier, tuple(channels), local_out, remote_out)
+
+
+def _loopback_ok(nic: Nic) -> Nic:
+    addresses = tuple(replace(a, loopback_ok=True) if a.ip.is_loopback else a for a in nic.addresses)
+    return replace(nic, loopback=False, addresses=addresses)
 
 
 def _prefilter(side: Side, nic: Nic, policy: SelectionPolicy) -> Decision | None:
