@@ -794,7 +794,7 @@ def test_create_with_an_allocation_size_context(service: tuple[FsFileService, Sh
         (CreateRequest(GENERIC_ALL, 0, 7, 5, 0xF0000000, "f.bin"), NTStatus.INVALID_PARAMETER),
         (CreateRequest(GENERIC_ALL, 0x40, 7, 5, 0, "f.bin"), NTStatus.INVALID_PARAMETER),  # DEVICE
         (CreateRequest(GENERIC_ALL, 0, 7, 5, 0x2000, "f.bin"), NTStatus.NOT_SUPPORTED),  # by file id
-        (CreateRequest(0x00100000, 0, 7, 5, 0, "f.bin"), NTStatus.ACCESS_DENIED),  # SYNCHRONIZE only
+        (CreateRequest(0, 0, 7, 5, 0, "f.bin"), NTStatus.ACCESS_DENIED),  # no access at all
         (CreateRequest(GENERIC_ALL, 0x4000, 7, 5, 0, "f.bin"), NTStatus.ACCESS_DENIED),  # ENCRYPTED
     ],
 )  # fmt: skip
@@ -805,3 +805,42 @@ def test_creates_refused_as_windows_refuses_them(
     result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request_, share, "alice", None, None))
     assert result.status == expected
     assert not (root / "f.bin").exists()
+
+
+def test_a_listing_handed_out_later_shows_the_directory_as_it_is_then(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    """Entries deleted between two QUERY_DIRECTORY responses are not reported; changed ones
+    are reported as they are now (smbtorture smb2.dir.fixed and modify)."""
+    svc, share, root = service
+    for i in range(40):
+        (root / f"f{i:02}.txt").write_text("x")
+    d = opened(create_dir(svc, share, "", READ_DATA, 7))
+
+    def listing(flags: int, length: int = 65536) -> tuple[int, list[fi.DirectoryEntry]]:
+        request = QueryDirectoryRequest(37, flags, FID, "*", length)
+        result = svc.run_sync(op(Command.QUERY_DIRECTORY, request, share, d))[0]
+        entries = decode_directory_entries(37, result.body[8:]) if result.status == NTStatus.SUCCESS else []
+        return result.status, entries
+
+    assert [e.name for e in listing(2)[1]] == ["."]  # RETURN_SINGLE_ENTRY: the listing is taken
+    for i in range(0, 40, 2):
+        (root / f"f{i:02}.txt").unlink()
+    (root / "f01.txt").write_text("longer now")
+    status, rest = listing(0)
+    assert status == NTStatus.SUCCESS
+    assert [e.name for e in rest] == ["..", *(f"f{i:02}.txt" for i in range(1, 40, 2))]
+    assert rest[1].end_of_file == len("longer now")
+    assert listing(0)[0] == NTStatus.NO_MORE_FILES
+    # Small responses: the positions of the gone entries are passed over too.
+    status, entries = listing(1, 200)  # RESTART_SCANS: a new listing
+    names = [e.name for e in entries]
+    for i in range(1, 40, 4):
+        (root / f"f{i:02}.txt").unlink(missing_ok=True)
+    while (result := listing(0, 200))[0] == NTStatus.SUCCESS:
+        names += [e.name for e in result[1]]
+    survivors = [f"f{i:02}.txt" for i in range(3, 40, 4)]
+    assert names[:2] == [".", ".."]
+    assert [n for n in names if n not in (".", "..")][-len(survivors) :] == survivors
+    assert not set(names) & {f"f{i:02}.txt" for i in range(9, 40, 4)}  # deleted before they were sent
+    svc.release(d)

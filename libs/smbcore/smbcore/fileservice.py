@@ -78,6 +78,9 @@ from .server import FileOperation, FileRequest, FileResult, Share
 
 log = logging.getLogger(__name__)
 
+#: Bytes a directory entry takes in a typical response (FileIdBothDirectoryInformation with a
+#: short name): how many entries a later QUERY_DIRECTORY looks at again for its response.
+_TYPICAL_DIRECTORY_ENTRY = 128
 #: Largest offset+length a WRITE may reach (INT64_MAX, as Windows and Samba check).
 MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
 
@@ -705,8 +708,10 @@ class FsFileService:
         return NTStatus.INVALID_PARAMETER, b""  # CREATE never targets an open
 
     def _query_directory(self, opened: OpenFile, req: QueryDirectoryRequest) -> tuple[int, bytes]:
-        """MS-SMB2 3.3.5.18: the listing is taken at the first query (or a restart) and handed
-        out in as many responses as it takes; then STATUS_NO_MORE_FILES."""
+        """MS-SMB2 3.3.5.18: the names are taken at the first query (or a restart) and handed
+        out in as many responses as it takes; then STATUS_NO_MORE_FILES. Entries handed out by
+        a later response are looked at again first, as Windows reads the directory as it goes:
+        one deleted meanwhile is left out, one changed is reported as it is now."""
         with opened.lock:
             restart = req.flags & (QueryDirectoryFlags.RESTART_SCANS | QueryDirectoryFlags.REOPEN)
             if opened.listing is None or restart:
@@ -715,15 +720,45 @@ class FsFileService:
                 opened.position = 0
                 if not opened.listing:
                     return NTStatus.NO_SUCH_FILE, b""
-            remaining = opened.listing[opened.position :]
-            if not remaining:
+                fresh = [(entry, 1) for entry in opened.listing]
+            else:
+                fresh = self._entries_now(opened, req.output_length)
+            if not fresh:
+                opened.position = len(opened.listing)
                 return NTStatus.NO_MORE_FILES, b""
             single = bool(req.flags & QueryDirectoryFlags.RETURN_SINGLE_ENTRY)
-            data, count = encode_directory_entries(req.info_class, remaining, req.output_length, single)
+            entries = [entry for entry, _ in fresh]
+            data, count = encode_directory_entries(req.info_class, entries, req.output_length, single)
             if count == 0:
                 return NTStatus.INFO_LENGTH_MISMATCH, b""
-            opened.position += count
+            opened.position += sum(taken for _, taken in fresh[:count])
+            if count == len(fresh):  # entries found gone after the last one sent are passed too
+                opened.position += sum(taken for _, taken in fresh[count:])
             return NTStatus.SUCCESS, encode_output_buffer_response(data)
+
+    @staticmethod
+    def _entries_now(opened: OpenFile, output_length: int) -> list[tuple[tuple[str, FileStat], int]]:
+        """The next entries of the listing as they are now (enough to fill ``output_length``),
+        each with how many listing positions it stands for (itself and the gone ones before
+        it); gone entries at the end count towards the last one."""
+        assert opened.listing is not None
+        remaining = opened.listing[opened.position :]
+        window = max(1, output_length // _TYPICAL_DIRECTORY_ENTRY)
+        fresh: list[tuple[tuple[str, FileStat], int]] = []
+        skipped = 0
+        for name, st in remaining:
+            now = st if name in (".", "..") else opened.handle.entry_now(name)
+            if now is None:
+                skipped += 1
+                continue
+            fresh.append(((name, now), skipped + 1))
+            skipped = 0
+            if len(fresh) >= window:
+                break
+        if fresh and skipped:
+            entry, taken = fresh[-1]
+            fresh[-1] = (entry, taken + skipped)
+        return fresh
 
     def _set_disposition(
         self, opened: OpenFile, info: DispositionInformation | DispositionInformationEx

@@ -313,7 +313,6 @@ RESERVED_CREATE_OPTIONS = 0xFF000000
 UNSUPPORTED_CREATE_OPTIONS = 0x00000080 | 0x00002000 | 0x00100000
 #: FileAttributes a CREATE may not ask for (VOLUME, DEVICE, INTEGRITY_STREAM, undefined bits).
 INVALID_FILE_ATTRIBUTES = 0xFFFF8048
-SYNCHRONIZE_ACCESS = 0x00100000
 #: The CreateOptions bits that are also FileModeInformation bits (same values).
 _MODE_OPTIONS = 0x0000103E
 
@@ -760,8 +759,8 @@ class FsShare:
         Refused as Windows refuses them (smbtorture smb2.create.gentest): reserved
         CreateOptions bits or attributes (STATUS_INVALID_PARAMETER), the options this server
         does not implement (tree connections, opens by file id, opfilter reservations:
-        STATUS_NOT_SUPPORTED), a DesiredAccess with nothing but SYNCHRONIZE in it
-        (STATUS_ACCESS_DENIED), and an encrypted file (STATUS_ACCESS_DENIED: no encryption)."""
+        STATUS_NOT_SUPPORTED), a DesiredAccess of 0 (STATUS_ACCESS_DENIED), and an encrypted
+        file (STATUS_ACCESS_DENIED: no encryption)."""
         try:
             disp = CreateDisposition(disposition)
         except ValueError:
@@ -772,8 +771,8 @@ class FsShare:
             raise FsError(NTStatus.INVALID_PARAMETER, f"FileAttributes {file_attributes:#x}")
         if create_options & UNSUPPORTED_CREATE_OPTIONS:
             raise FsError(NTStatus.NOT_SUPPORTED, f"CreateOptions {create_options:#x}")
-        if not desired_access & ~SYNCHRONIZE_ACCESS:
-            raise FsError(NTStatus.ACCESS_DENIED, f"DesiredAccess {desired_access:#x} asks for nothing")
+        if not desired_access:
+            raise FsError(NTStatus.ACCESS_DENIED, "a DesiredAccess of 0 asks for nothing")
         if file_attributes & FileAttributes.ENCRYPTED and disp != CreateDisposition.OPEN:
             raise FsError(NTStatus.ACCESS_DENIED, "encrypted files")
         want_dir = bool(create_options & CreateOptions.DIRECTORY_FILE)
@@ -1589,6 +1588,22 @@ class FsHandle:
             raise _os_error(exc, f"listing of {self.smb_path!r}") from None
         entries.sort(key=lambda e: (_fold(e[0]), e[0]))
         return head + entries
+
+    def entry_now(self, name: str) -> FileStat | None:
+        """What :meth:`list_directory` would report for entry ``name`` now, or None if it is
+        gone (or would not be listed). ``.`` and ``..`` are not entries."""
+        self._check_open()
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except OSError:
+            return None
+        link = _is_link(st)
+        if link:
+            st = self.share._target_stat((*self._rel, name))
+        if st is None or not (statmod.S_ISREG(st.st_mode) or statmod.S_ISDIR(st.st_mode)):
+            return None
+        where = None if link else f"/proc/self/fd/{self._fd}/{name}"
+        return self.share._with_meta(stat_to_filestat(st, name), st, where)
 
     # -- close -----------------------------------------------------------------------------------
 
