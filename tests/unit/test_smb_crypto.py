@@ -43,6 +43,7 @@ from smbcore.crypto import (
     SigningAlgorithm,
     SMBCryptoError,
     decrypt,
+    decrypt_in_place,
     derive_session_keys,
     encrypt,
     encrypt_in_place,
@@ -1331,3 +1332,27 @@ def test_encrypt_in_place_argument_checks() -> None:
         encrypt_in_place(b"h" * 64, bytearray(4), bytes(16), CipherId.AES_128_CCM, 1, bytes(11))
     with pytest.raises(ValueError, match="12-byte nonce"):
         encrypt_in_place(b"h" * 64, bytearray(4), bytes(16), CipherId.AES_128_GCM, 1, bytes(11))
+
+
+@pytest.mark.parametrize("vector", TRANSFORMS, ids=ids(TRANSFORMS))
+def test_decrypt_in_place_vectors(vector: Transform) -> None:
+    buffer = bytearray(vector.transformed)
+    plain = decrypt_in_place(buffer, vector.key, vector.cipher)
+    assert plain == vector.plaintext
+    assert plain.obj is buffer and bytes(buffer[TRANSFORM_HEADER_SIZE:]) == vector.plaintext
+    sliced = memoryview(bytearray(b"pad" + vector.transformed))[3:]  # a PDU inside a larger buffer
+    assert decrypt_in_place(sliced, vector.key, int(vector.cipher)) == vector.plaintext
+
+
+@pytest.mark.parametrize("vector", TRANSFORMS, ids=ids(TRANSFORMS))
+def test_decrypt_in_place_refuses_what_decrypt_refuses(vector: Transform) -> None:
+    tampered = bytearray(vector.transformed)
+    tampered[-1] ^= 1
+    with pytest.raises(SMBCryptoError, match="failed authentication"):
+        decrypt_in_place(tampered, vector.key, vector.cipher)
+    with pytest.raises(SMBCryptoError, match="OriginalMessageSize"):
+        decrypt_in_place(bytearray(vector.transformed[:-1]), vector.key, vector.cipher)
+    with pytest.raises(SMBCryptoError, match="shorter"):
+        decrypt_in_place(bytearray(vector.transformed[:40]), vector.key, vector.cipher)
+    with pytest.raises(ValueError, match="writable"):
+        decrypt_in_place(memoryview(vector.transformed), vector.key, vector.cipher)

@@ -58,6 +58,7 @@ __all__ = [
     "SigningAlgorithm",
     "TransformHeader",
     "decrypt",
+    "decrypt_in_place",
     "derive_session_keys",
     "encrypt",
     "encrypt_in_place",
@@ -665,20 +666,13 @@ def encrypt_in_place(
     return out
 
 
-def decrypt(transform_message: BytesLike, key: BytesLike, cipher: CipherId | int) -> bytes:
-    """Verify and decrypt TRANSFORM_HEADER + ciphertext; return the SMB2 message.
-
-    MS-SMB2 3.1.5.1 / 3.2.5.1.1.1 / 3.3.5.2.1.1: ``key`` is the receiver's DecryptionKey for the
-    header's SessionId (see :func:`parse_transform_header`). Raises :class:`SMBCryptoError`, and
-    nothing else, whatever the bytes: shorter than the header, wrong ProtocolId, Flags not
-    0x0001, OriginalMessageSize not the length of what follows the header (an empty or
-    truncated message, or trailing bytes), a tag that does not verify, or an unknown ``cipher``.
-    GCM decrypts straight from the input buffer; CCM, whose API wants the tag behind the
-    ciphertext, costs one copy of the ciphertext.
-    """
+def _open_transform(
+    view: memoryview, key: BytesLike, cipher: CipherId | int
+) -> tuple[CipherId, bytes, TransformHeader, memoryview]:
+    """Check a received TRANSFORM_HEADER + ciphertext (see :func:`decrypt`): the cipher id,
+    the key as bytes, the header and the ciphertext."""
     cipher_id = _cipher_id(cipher)
     key_bytes = _check_key(key, cipher_id)
-    view = memoryview(transform_message)
     header = parse_transform_header(view)
     if header.flags != TRANSFORM_FLAG_ENCRYPTED:
         raise SMBCryptoError(f"transform header Flags is {header.flags:#06x}, not 0x0001")
@@ -688,6 +682,23 @@ def decrypt(transform_message: BytesLike, key: BytesLike, cipher: CipherId | int
             f"transform header OriginalMessageSize is {header.original_message_size}"
             f" but {len(ciphertext)} bytes follow the header"
         )
+    return cipher_id, key_bytes, header, ciphertext
+
+
+def decrypt(transform_message: BytesLike, key: BytesLike, cipher: CipherId | int) -> bytes:
+    """Verify and decrypt TRANSFORM_HEADER + ciphertext; return the SMB2 message.
+
+    MS-SMB2 3.1.5.1 / 3.2.5.1.1.1 / 3.3.5.2.1.1: ``key`` is the receiver's DecryptionKey for the
+    header's SessionId (see :func:`parse_transform_header`). Raises :class:`SMBCryptoError`, and
+    nothing else, whatever the bytes: shorter than the header, wrong ProtocolId, Flags not
+    0x0001, OriginalMessageSize not the length of what follows the header (an empty or
+    truncated message, or trailing bytes), a tag that does not verify, or an unknown ``cipher``.
+    GCM decrypts straight from the input buffer; CCM, whose API wants the tag behind the
+    ciphertext, costs one copy of the ciphertext. :func:`decrypt_in_place` needs no buffer
+    for the result.
+    """
+    view = memoryview(transform_message)
+    cipher_id, key_bytes, header, ciphertext = _open_transform(view, key, cipher)
     nonce = header.nonce[: cipher_id.nonce_size]
     associated_data = view[_TF_NONCE:TRANSFORM_HEADER_SIZE]
     try:
@@ -702,6 +713,39 @@ def decrypt(transform_message: BytesLike, key: BytesLike, cipher: CipherId | int
         raise SMBCryptoError(
             f"encrypted message for session {header.session_id:#x} failed authentication"
         ) from None
+
+
+def decrypt_in_place(
+    transform_message: bytearray | memoryview, key: BytesLike, cipher: CipherId | int
+) -> memoryview:
+    """:func:`decrypt` into the message's own buffer: the SMB2 message, a ``memoryview`` of
+    ``transform_message`` (writable) from the end of the TRANSFORM_HEADER, where the
+    ciphertext was. Same checks and errors as :func:`decrypt`; when the tag does not verify,
+    the buffer holds unauthenticated bytes and must be dropped (the receiver disconnects).
+    With GCM nothing is allocated (an 8 MiB WRITE costs no fresh 8 MiB); CCM decrypts into a
+    new buffer and copies the result back.
+    """
+    view = memoryview(transform_message)
+    if view.readonly:
+        raise ValueError("decrypt_in_place needs a writable buffer")
+    view = view.cast("B")
+    cipher_id, key_bytes, header, ciphertext = _open_transform(view, key, cipher)
+    nonce = header.nonce[: cipher_id.nonce_size]
+    associated_data = view[_TF_NONCE:TRANSFORM_HEADER_SIZE]
+    try:
+        if cipher_id.is_gcm:
+            decryptor = Cipher(algorithms.AES(key_bytes), modes.GCM(nonce, header.signature)).decryptor()
+            decryptor.authenticate_additional_data(associated_data)
+            decryptor.update_into(ciphertext, ciphertext)
+            decryptor.finalize()
+        else:
+            sealed = b"".join((ciphertext, header.signature))
+            ciphertext[:] = AESCCM(key_bytes).decrypt(nonce, sealed, associated_data)
+    except InvalidTag:
+        raise SMBCryptoError(
+            f"encrypted message for session {header.session_id:#x} failed authentication"
+        ) from None
+    return ciphertext
 
 
 def random_nonce(cipher: CipherId | int, randbytes: Callable[[int], bytes] = os.urandom) -> bytes:
