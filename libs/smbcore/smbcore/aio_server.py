@@ -169,8 +169,10 @@ class _Sender:
         queue = self._queue
         try:
             while queue:
-                sent = self._sock.sendmsg(list(itertools.islice(queue, _MAX_IOVECS)))
+                batch = list(itertools.islice(queue, _MAX_IOVECS))
+                sent = self._sock.sendmsg(batch)
                 self._queued -= sent
+                short = sent < sum(v.nbytes for v in batch)  # the socket's buffer is full
                 while sent:
                     first = queue[0]
                     if sent >= first.nbytes:
@@ -179,14 +181,18 @@ class _Sender:
                     else:
                         queue[0] = first[sent:]
                         sent = 0
+                if short:
+                    break
         except (BlockingIOError, InterruptedError):
-            if not self._armed:
-                self._loop.add_writer(self._sock.fileno(), self._send_some)
-                self._armed = True
+            pass
         except OSError as exc:
             self.close()
             self._failed(exc)
             return
+        if queue:
+            if not self._armed:
+                self._loop.add_writer(self._sock.fileno(), self._send_some)
+                self._armed = True
         else:
             if self._armed:
                 self._loop.remove_writer(self._sock.fileno())
