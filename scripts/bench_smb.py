@@ -8,7 +8,10 @@ rounds, alternating which server goes first. Each transfer is one ``smbclient`` 
 from outside (connect, session setup and tree connect included), and every copy is checked
 with SHA-256. The result is the
 median rate of each (mode, op, server) and the ratio Ferry/Samba; 1.0 or more means Ferry is
-at least as fast.
+at least as fast. Beside each rate, the median CPU time the server used for the transfer
+(user + system, all its processes and threads; smbd's per-connection child included): on a
+small shared machine the wall clock also measures whoever else is running, the CPU time
+much less so. The load average before and after is printed for the same reason.
 
 Neither server touches the page cache differently: the source file, and the file each server
 holds after a put, are in memory for every run, so ``get`` measures the servers, not the disk.
@@ -82,15 +85,22 @@ class Server:
 
 @dataclass
 class Results:
-    """Seconds per transfer, keyed by (mode, op, server)."""
+    """Seconds per transfer (wall clock, and the server's CPU time), keyed by (mode, op, server)."""
 
     times: dict[tuple[str, str, str], list[float]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    cpu: dict[tuple[str, str, str], list[float]] = field(
         default_factory=lambda: collections.defaultdict(list)
     )
 
     def rate(self, size: int, mode: str, op: str, server: str) -> float:
         """Median rate in MB/s (10**6 bytes)."""
         return size / statistics.median(self.times[mode, op, server]) / 1e6
+
+    def cpu_seconds(self, mode: str, op: str, server: str) -> float:
+        """Median CPU seconds the server used per transfer."""
+        return statistics.median(self.cpu[mode, op, server])
 
 
 # -- small helpers -----------------------------------------------------------------------------
@@ -136,6 +146,26 @@ def command_output(args: Sequence[str]) -> str:
     except OSError as exc:
         return f"unavailable ({exc.strerror})"
     return (result.stdout or result.stderr).strip()
+
+
+CPU_SETTLE = 0.2  # seconds for smbd's per-connection child to exit and be reaped
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every process in the process group ``pgid`` (threads
+    included), with what their exited children used (``cutime``/``cstime``, which is where an
+    smbd connection child's time goes once smbd has reaped it)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid:  # pgrp, after state and ppid
+                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def make_random_file(path: Path, size: int) -> str:
@@ -313,22 +343,30 @@ def smbclient(client: str, server: Server, protection: str, command: str) -> flo
     return elapsed
 
 
-def transfer(client: str, server: Server, mode: str, op: str, source: Path, back: Path, digest: str) -> float:
-    """One put (source to the share) or get (share to ``back``), verified; seconds."""
+def transfer(
+    client: str, server: Server, mode: str, op: str, source: Path, back: Path, digest: str
+) -> tuple[float, float]:
+    """One put (source to the share) or get (share to ``back``), verified; the seconds it
+    took and the CPU seconds the server used."""
     remote = server.share_dir / REMOTE_NAME
     if op == "put":
         remote.unlink(missing_ok=True)
+    else:
+        back.unlink(missing_ok=True)
+    cpu_before = group_cpu_seconds(server.process.pid)
+    if op == "put":
         elapsed = smbclient(client, server, MODES[mode], f"put {source} {REMOTE_NAME}")
         checked = remote
     else:
-        back.unlink(missing_ok=True)
         elapsed = smbclient(client, server, MODES[mode], f"get {REMOTE_NAME} {back}")
         checked = back
+    time.sleep(CPU_SETTLE)
+    cpu = group_cpu_seconds(server.process.pid) - cpu_before
     if sha256(checked) != digest:
         raise BenchError(f"{mode} {op} on {server.name}: SHA-256 of {checked} differs from the source")
     if op == "get":
         back.unlink()
-    return elapsed
+    return elapsed, cpu
 
 
 def measure(
@@ -349,11 +387,13 @@ def measure(
         label = f"warm-up {run + 1}/{warmup}" if run < warmup else f"run {run - warmup + 1}/{repeat}"
         for name in order:
             for op in OPS:
-                seconds = transfer(client, servers[name], mode, op, source, back, digest)
+                seconds, cpu = transfer(client, servers[name], mode, op, source, back, digest)
                 if run >= warmup:
                     results.times[mode, op, name].append(seconds)
+                    results.cpu[mode, op, name].append(cpu)
                 print(
-                    f"  {mode:9} {op} {name:5} {label:13} {seconds:7.3f} s {size / seconds / 1e6:8.1f} MB/s",
+                    f"  {mode:9} {op} {name:5} {label:13} {seconds:7.3f} s {size / seconds / 1e6:8.1f} MB/s"
+                    f"  server CPU {cpu:6.2f} s",
                     flush=True,
                 )
     return results
@@ -401,7 +441,7 @@ def profile(py_spy: str, client: str, server: Server, mode: str, files: tuple[Pa
         )  # fmt: skip
         try:
             time.sleep(1.0)  # let it attach
-            seconds = transfer(client, server, mode, op, source, back, digest)
+            seconds, _ = transfer(client, server, mode, op, source, back, digest)
         finally:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(60)
@@ -434,6 +474,7 @@ def machine() -> dict[str, str]:
         "smbd": command_output(["smbd", "-V"]),
         "smbclient": command_output(["smbclient", "--version"]),
         "ferry": f"{head}{' + uncommitted changes in libs/ or cli/' if dirty else ''}",
+        "load": load_average(),
     }
 
 
@@ -443,8 +484,11 @@ def tables(results: Results, size: int, modes: Sequence[str]) -> tuple[str, str]
         for op in OPS:
             ferry = results.rate(size, mode, op, "ferry")
             samba = results.rate(size, mode, op, "samba")
-            rows.append((mode, op, f"{ferry:.1f}", f"{samba:.1f}", f"{ferry / samba:.2f}"))
-    header = ("mode", "op", "Ferry MB/s", "Samba MB/s", "Ferry/Samba")
+            ferry_cpu = results.cpu_seconds(mode, op, "ferry")
+            samba_cpu = results.cpu_seconds(mode, op, "samba")
+            rates = (f"{ferry:.1f}", f"{samba:.1f}", f"{ferry / samba:.2f}")
+            rows.append((mode, op, *rates, f"{ferry_cpu:.2f}", f"{samba_cpu:.2f}"))
+    header = ("mode", "op", "Ferry MB/s", "Samba MB/s", "Ferry/Samba", "Ferry CPU s", "Samba CPU s")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     text = "\n".join(
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -453,7 +497,7 @@ def tables(results: Results, size: int, modes: Sequence[str]) -> tuple[str, str]
     markdown = "\n".join(
         [
             "| " + " | ".join(header) + " |",
-            "|---|---|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---:|---:|",
             *("| " + " | ".join(r) + " |" for r in rows),
         ]
     )
@@ -516,11 +560,11 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             running(start_samba(tmp, args.smbd, mode)) as samba,
         ):
             print(f"  ferry on port {ferry.port}, samba on port {samba.port}", flush=True)
-            results.times.update(
-                measure(
-                    args.smbclient, {"ferry": ferry, "samba": samba}, mode, (args.warmup, args.repeat), files
-                ).times
+            measured = measure(
+                args.smbclient, {"ferry": ferry, "samba": samba}, mode, (args.warmup, args.repeat), files
             )
+            results.times.update(measured.times)
+            results.cpu.update(measured.cpu)
             if args.py_spy:
                 profile(args.py_spy, args.smbclient, ferry, mode, files)
         for server in (ferry, samba):
@@ -543,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
     info = machine()
+    print(f"load average {load_average()} (1, 5, 15 min) before", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="ferry-bench-smb-", dir=args.tmp))
     try:
         results = run(args, tmp)
@@ -554,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    info["load"] = f"{info['load']} before, {load_average()} after (1, 5, 15 min)"
     text, markdown = tables(results, args.size, args.mode or list(MODES))
     print()
     for key, value in info.items():
@@ -567,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nmarkdown:\n")
     print(
         f"{human_size(args.size)}, median of {args.repeat} runs after {args.warmup} warm-up round(s); "
-        "MB = 10^6 bytes.\n"
+        "MB = 10^6 bytes; CPU s = the server's CPU time per transfer.\n"
     )
     print(markdown)
     return 0
