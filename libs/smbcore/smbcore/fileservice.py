@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .buffers import BufferPool
 from .errors import RemoteProtocolError
 from .fileinfo import (
     FILE_INFO_ACCESS,
@@ -408,6 +409,7 @@ class FsFileService:
     """File operations on :class:`~smbcore.fs.FsShare` roots, one backend per share path."""
 
     def __init__(self) -> None:
+        self._read_buffers = BufferPool()  # READ response bodies, reused once sent
         self._shares: dict[str, FsShare] = {}
         self._guard = threading.Lock()
         self._locks = ByteRangeLocks(self._locks_released)
@@ -656,12 +658,15 @@ class FsFileService:
             # Read straight into the response body: one buffer, no intermediate copy.
             if self._locks.io_conflicts(opened, request.offset, request.length, write=False):
                 return NTStatus.FILE_LOCK_CONFLICT, b""
+            # The buffer is a pooled one (no zeroed 8 MiB per READ); a short read (the end of
+            # the file) is copied out of it, so that the pooled buffer keeps its size.
             head = READ_RESPONSE_HEAD_SIZE
-            body = bytearray(head + request.length)
+            body = self._read_buffers.take(head + request.length)
             got = handle.readinto(memoryview(body)[head:], request.offset)
             if (request.length and not got) or got < request.minimum_count:
                 return NTStatus.END_OF_FILE, b""
-            del body[head + got :]
+            if got < request.length:
+                body = body[: head + got]
             body[:head] = encode_read_response_head(got)
             handle.position = request.offset + got  # FilePositionInformation follows I/O
             return NTStatus.SUCCESS, body
