@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from . import host, interfaces, plan, smbserver, stack
+from . import host, interfaces, plan, smb, smbserver, stack
 from .common import CliError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     interfaces.register(sub)
     plan.register(sub)
     host.register(sub)
+    smb.register(sub)
     smbserver.register(sub)
     stack.register(sub)
     return parser

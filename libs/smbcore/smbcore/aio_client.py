@@ -907,11 +907,8 @@ class SMBSession:
         if (ops or not isinstance(error, ConnectionClosed)) and len(self._scheduler):
             self.session.bump_channel_sequence()
             log.info(
-                "channel lost",
-                extra={
-                    "channel": str(client.key), "reason": str(error), "in_flight": len(ops),
-                    "channels_left": len(self._scheduler),
-                },
+                "channel %s lost (%s): %d request(s) in flight to replay on %d channel(s)",
+                client.key, error, len(ops), len(self._scheduler),
             )  # fmt: skip
         for op in ops:
             decision = replay_decision(

@@ -90,9 +90,10 @@ class MultichannelOptions:
     constraints: tuple[Constraint, ...] = ()
     #: Seconds between queries of the server's interfaces (Windows: 10 minutes).
     requery_interval: float = 600.0
-    #: Seconds before re-opening a lost channel, doubling up to ``rebind_max_delay``.
+    #: Seconds before re-opening a lost channel, doubling up to ``rebind_max_delay`` (a try
+    #: is one TCP connect: cheap enough to notice a link's return within seconds).
     rebind_delay: float = 0.5
-    rebind_max_delay: float = 30.0
+    rebind_max_delay: float = 5.0
     #: Seconds for opening and binding the planned channels at the start; those not up by then
     #: keep being tried in the background.
     establish_timeout: float = 20.0
@@ -145,6 +146,8 @@ class _Pair:
     backoff: Backoff
     clients: list[SMBClient] = field(default_factory=list)
     opening: int = 0
+    #: Connections lost and not re-opened yet: kept as a target whatever later plans say.
+    lost: int = 0
     task: asyncio.Task[None] | None = None
 
     @property
@@ -317,11 +320,19 @@ class MultichannelClient:
                 self.session.set_speed(primary, self._pairs[primary.key].speed)
                 self._note(primary, pair.local_name, self._pairs[primary.key].speed)
                 self._primary = None
-        current = {key: len(p.clients) + p.opening for key, p in self._pairs.items()}
-        changes = plan_changes(plan.channels, current, limit=self.options.max_channels)
-        wanted = {ChannelKey.of(p): p.connections for p in plan.channels}
+        # The plan's pairs, and the lost ones still being re-opened: a pair whose link is down
+        # is not in a plan made meanwhile, but comes back with its link (MS-SMB2 leaves this to
+        # the client; Windows re-establishes a lost channel when it can).
+        wanted = list(plan.channels)
+        planned = {ChannelKey.of(p) for p in wanted}
         for key, state in self._pairs.items():
-            state.wanted = wanted.get(key, 0)
+            if state.lost and key not in planned:  # keep what lives, re-open what was lost
+                wanted.append(dataclasses.replace(state.pair, connections=state.lost + len(state.clients)))
+        current = {key: len(p.clients) + p.opening for key, p in self._pairs.items()}
+        changes = plan_changes(wanted, current, limit=self.options.max_channels)
+        counts = {ChannelKey.of(p): p.connections for p in wanted}
+        for key, state in self._pairs.items():
+            state.wanted = counts.get(key, 0)
         for key, count in changes.retire:
             for client in self._pairs[key].clients[:count]:
                 self._retire(client)
@@ -329,10 +340,11 @@ class MultichannelClient:
         for pair, count in changes.open:
             state = self._pair(pair)
             state.pair = pair
+            state.wanted = counts[ChannelKey.of(pair)]
             if state.task is not None and not state.task.done():
                 continue  # its keeper is re-opening it already
-            # The plan's first pair before the others: once it is up, a first connection that
-            # is not in the plan is retired, so the session never holds more than the limit.
+            # All at once; as soon as one is up, a first connection that is not in the plan is
+            # retired (the session may hold one channel more than the limit until then).
             first_tries += [self._spawn(self._open(state)) for _ in range(count)]
         if first_tries and wait:
             _, pending = await asyncio.wait(first_tries, timeout=self.options.establish_timeout)
@@ -346,10 +358,10 @@ class MultichannelClient:
         try:
             entries = await tree.query_network_interfaces()
         except (SMBClientError, SMBProtocolError) as exc:
-            log.warning("FSCTL_QUERY_NETWORK_INTERFACE_INFO failed", extra={"reason": str(exc)})
+            log.warning("FSCTL_QUERY_NETWORK_INTERFACE_INFO failed: %s", exc)
             return None
         if not entries:
-            log.info("the server offers no interfaces for Multichannel", extra={"server": self.host})
+            log.info("%s offers no interfaces for Multichannel", self.host)
             return None
         remote = from_network_interface_info(entries)
         policy = dataclasses.replace(
@@ -371,14 +383,15 @@ class MultichannelClient:
         try:
             plan = await asyncio.to_thread(plan_in_thread)
         except Exception as exc:
-            log.warning("cannot plan the channels", extra={"reason": str(exc)})
+            log.warning("cannot plan the channels: %s", exc)
             return None
         for warning in plan.warnings:
-            log.warning("channel selection", extra={"warning": warning})
+            log.warning("channel selection: %s", warning)
         log.info(
-            "channel plan",
-            extra={"server": self.host, "connections": plan.connections, "class": str(plan.nic_class)},
-        )
+            "channel plan for %s: %d connection(s)%s",
+            self.host, plan.connections,
+            "".join(f"; {c.connections} x {ChannelKey.of(c)} ({c.local_name})" for c in plan.channels),
+        )  # fmt: skip
         return plan
 
     def _pair(self, pair: ChannelPair) -> _Pair:
@@ -399,10 +412,7 @@ class MultichannelClient:
             client = await self._connect_and_bind(state)
         except Exception as exc:
             state.opening -= 1
-            log.warning(
-                "cannot open a channel",
-                extra={"channel": str(ChannelKey.of(state.pair)), "reason": str(exc)},
-            )
+            log.warning("cannot open a channel %s: %s", ChannelKey.of(state.pair), exc)
             self._keep(state)
             return
         state.opening -= 1
@@ -435,7 +445,7 @@ class MultichannelClient:
         except BaseException:
             await client.close()
             raise
-        log.info("channel bound", extra={"channel": str(client.key), "channels": len(self.session.channels)})
+        log.info("channel %s bound (%d channels)", client.key, len(self.session.channels))
         return client
 
     def _keep(self, state: _Pair) -> None:
@@ -453,10 +463,7 @@ class MultichannelClient:
             try:
                 client = await self._connect_and_bind(state)
             except Exception as exc:
-                log.info(
-                    "re-opening a channel failed; trying again",
-                    extra={"channel": str(ChannelKey.of(state.pair)), "reason": str(exc)},
-                )
+                log.info("re-opening channel %s failed (%s); trying again", ChannelKey.of(state.pair), exc)
                 continue
             finally:
                 state.opening -= 1
@@ -465,9 +472,11 @@ class MultichannelClient:
                 return
             state.clients.append(client)
             state.backoff.reset()
+            state.lost = max(0, state.lost - 1)
             self.rebinds += 1
             self._note(client, state.pair.local_name, state.speed)
-            log.info("channel re-bound", extra={"channel": str(client.key)})
+            log.info("channel %s re-bound (%d channels)", client.key, len(self.session.channels))
+            self._wake.set()  # plan again: the way back may have brought more
 
     def _retire(self, client: SMBClient) -> None:
         """Send nothing more on ``client``; close it once what it has in flight is done."""
@@ -486,12 +495,13 @@ class MultichannelClient:
         if self._closing or client in self._retired:
             return
         self.failures += 1
-        log.warning("channel lost", extra={"channel": str(client.key), "reason": str(error)})
+        log.warning("channel %s lost: %s", client.key, error)
         if client is self._primary:
             self._primary = None
         for state in self._pairs.values():
             if client in state.clients:
                 state.clients.remove(client)
+                state.lost += 1
                 self._keep(state)
         self._wake.set()  # query the server's interfaces again
 
@@ -507,7 +517,7 @@ class MultichannelClient:
             try:
                 await self.refresh()
             except Exception as exc:
-                log.warning("re-planning the channels failed", extra={"reason": str(exc)})
+                log.warning("re-planning the channels failed: %s", exc)
 
     # -- helpers ---------------------------------------------------------------------------------
 

@@ -187,8 +187,9 @@ class ClientConfig:
     connect_timeout: float = 20.0
     #: Seconds a peer may leave sent data unacknowledged, or an idle connection's keepalive
     #: probes unanswered, before the kernel ends the connection (TCP_USER_TIMEOUT and
-    #: keepalive): how soon a pulled link fails its channel. None leaves the kernel's defaults.
-    dead_peer_timeout: float | None = 30.0
+    #: keepalive): how soon a pulled link fails its channel (and its requests move to the
+    #: others), well before ``request_timeout``. None leaves the kernel's defaults (minutes).
+    dead_peer_timeout: float | None = 10.0
 
     def __post_init__(self) -> None:
         if not self.dialects or any(d not in SMB3_DIALECTS for d in self.dialects):
