@@ -9,9 +9,11 @@ import socket
 import threading
 
 import pytest
-from smbcore.aio_server import _Sender
+from smbcore import aio_server
+from smbcore.aio_server import ServerSettings, SMBServer, _Sender
 from smbcore.buffers import BufferPool, PoolBuffer
 from smbcore.pdureader import PDUReader
+from smbcore.server import Share
 
 KiB = 1024
 
@@ -238,3 +240,22 @@ async def test_a_failed_send_is_reported_and_the_queue_dropped() -> None:
     assert errors and isinstance(errors[0], OSError)
     assert sender.queued == 0
     transport.close()
+
+
+async def test_a_connection_without_an_fd_for_its_sender_is_refused_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_fd(*args: object, **kwargs: object) -> _Sender:
+        raise OSError(24, "Too many open files")
+
+    settings = ServerSettings(shares={"IPC$": Share("IPC$")}, authenticator_factory=object, initial_token=b"")  # type: ignore[arg-type]
+    server = SMBServer(settings)
+    ((_, port),) = await server.start("127.0.0.1", 0)
+    try:
+        monkeypatch.setattr(aio_server, "_Sender", no_fd)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        writer.close()
+        assert not server.connections
+    finally:
+        await server.close()

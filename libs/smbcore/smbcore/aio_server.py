@@ -245,16 +245,21 @@ class _SMBProtocol(asyncio.BufferedProtocol):
         # Reading stops while more than two PDUs of the largest size wait to be sent (the
         # pipeline a client with two READs in flight keeps full), and restarts at one.
         max_pdu = self._settings.limits.max_pdu
-        self._sender = _Sender(
-            transport,
-            high_water=2 * max_pdu,
-            low_water=max_pdu,
-            pause=transport.pause_reading,
-            resume=self._resume_reading,
-            failed=self._send_failed,
-        )
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        try:
+            self._sender = _Sender(
+                transport,
+                high_water=2 * max_pdu,
+                low_water=max_pdu,
+                pause=transport.pause_reading,
+                resume=self._resume_reading,
+                failed=self._send_failed,
+            )
+        except OSError as exc:  # no fd left for the duplicate: refuse this connection only
+            log.warning("refusing a connection", extra={"peer": self.peer, "error": str(exc)})
+            transport.abort()
+            return
         self._server.attach(self)
         self._arm_timer()
 
