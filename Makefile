@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup run test lint typecheck unit fmt clean bench-smb smbtorture
+.PHONY: help setup run test lint typecheck unit fmt clean bench-smb smbtorture bench-selector
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ fmt: setup ## format the code
 
 bench-smb: setup ## SMB data path: Ferry's server vs Samba's smbd (same client, 1 GiB get/put, signed then encrypted)
 	@$(VENV)/bin/python scripts/bench_smb.py
+
+bench-selector: setup ## selector at scale: 1,000 hosts x 8 NICs in KV, plan latency p50/p99 (NATS, HTTP) and memory
+	@$(VENV)/bin/python scripts/bench_selector.py
 
 smbtorture: setup ## Samba's smbtorture suites against Ferry's SMB server: the README's pass/fail/skip table
 	@$(VENV)/bin/python scripts/smbtorture_report.py
