@@ -79,6 +79,8 @@ class TwoHosts:
     client: Namespace
     server: Namespace
     rate_mbit: float
+    burst: int = DEFAULT_BURST
+    latency_ms: float = DEFAULT_LATENCY_MS
     links: list[Link] = field(default_factory=list)
 
     @property
@@ -104,6 +106,13 @@ class TwoHosts:
             for link in self.links
         }
 
+    def set_rate(self, rate_mbit: float) -> None:
+        """Shape every link, both ends, to ``rate_mbit`` from now on (traffic keeps flowing)."""
+        for link in self.links:
+            for ns in (self.client, self.server):
+                shape(ns, link.name, rate_mbit, self.burst, self.latency_ms)
+        self.rate_mbit = rate_mbit
+
     def set_link(self, index: int, up: bool) -> None:
         """``ip link set LINK up|down`` in the client's namespace."""
         self.client.ip("link", "set", self.link(index).name, "up" if up else "down")
@@ -122,6 +131,13 @@ class TwoHosts:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"link {link.name} not up after {timeout}s: {states}")
             time.sleep(0.05)
+
+    def established(self, index: int, port: int = 445) -> int:
+        """TCP connections the client has established over link ``index`` to ``port``."""
+        link = self.link(index)
+        argv = ["ss", "-Htn", "state", "established", "src", link.client_address, "dst",
+                f"{link.server_address}:{port}"]  # fmt: skip
+        return len(self.client.run(argv, check=True).stdout.splitlines())
 
     def run_client(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.client.run(argv, **kwargs)
@@ -183,15 +199,12 @@ def two_hosts(
     try:
         client.create()
         server.create()
-        hosts = TwoHosts(client, server, rate_mbit)
+        hosts = TwoHosts(client, server, rate_mbit, burst, latency_ms)
         for ns in (client, server):
             for key, value in (sysctls or {}).items():
                 ns.run(["sysctl", "-qw", f"{key}={value}"], check=True)
-        for index in range(1, links + 1):
-            link = add_link(client, server, index)
-            for ns in (client, server):
-                shape(ns, link.name, rate_mbit, burst, latency_ms)
-            hosts.links.append(link)
+        hosts.links += [add_link(client, server, index) for index in range(1, links + 1)]
+        hosts.set_rate(rate_mbit)
         for link in hosts.links:
             hosts.wait_link_up(link.index)
         yield hosts
@@ -346,6 +359,40 @@ class PutResult:
 SUMMARY = re.compile(r"put (\d+) bytes in ([\d.]+) s, ([\d.]+) MB/s, (\d+) channels?")
 
 
+def ferry_put_argv(
+    local: Path,
+    address: str,
+    share: str,
+    remote: str,
+    *,
+    user: str,
+    port: int = 445,
+    max_channels: int | None = None,
+    multichannel: bool = True,
+) -> list[str]:
+    """``ferry smb put LOCAL //ADDRESS:PORT/SHARE/REMOTE --user USER --json [...]``."""
+    argv = [str(FERRY), "smb", "put", str(local), f"//{address}:{port}/{share}/{remote}", "--user", user,
+            "--json"]  # fmt: skip
+    if max_channels is not None:
+        argv += ["--max-channels", str(max_channels)]
+    if not multichannel:
+        argv.append("--no-multichannel")
+    return argv
+
+
+def parse_put(returncode: int, stdout: str, stderr: str, wall: float) -> PutResult:
+    """The JSON summary ``ferry smb put --json`` ends with (``bytes``, ``seconds``, ``channels``,
+    ``channel_list``, ``failures``, ``replayed``, ``rebinds``, ...)."""
+    if returncode != 0:
+        raise RuntimeError(f"ferry smb put failed ({returncode}):\n{stdout}{stderr}")
+    lines = stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"ferry smb put printed no JSON summary:\n{stdout}{stderr}") from None
+    return PutResult(report["bytes"], report["seconds"], report["channels"], wall, report)
+
+
 def ferry_put(
     hosts: TwoHosts,
     local: Path,
@@ -361,16 +408,8 @@ def ferry_put(
     timeout: float = 600,
 ) -> PutResult:
     """Ferry's client in the client's namespace puts ``local`` to ``//address:port/share/remote``."""
-    argv = [str(FERRY), "smb", "put", str(local), f"//{address}:{port}/{share}/{remote}", "--user", user,
-            "--json"]  # fmt: skip
-    if max_channels is not None:
-        argv += ["--max-channels", str(max_channels)]
-    if not multichannel:
-        argv.append("--no-multichannel")
+    argv = ferry_put_argv(local, address, share, remote, user=user, port=port, max_channels=max_channels,
+                          multichannel=multichannel)  # fmt: skip
     start = time.perf_counter()
     proc = hosts.client.run(argv, env={**os.environ, "FERRY_SMB_PASSWORD": password}, timeout=timeout)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"ferry smb put failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    return PutResult(report["bytes"], report["seconds"], report["channels"], wall, report)
+    return parse_put(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start)
