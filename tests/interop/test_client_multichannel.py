@@ -23,12 +23,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smbcore.aio_client import SMBClient
 from smbcore.aio_multichannel import MultichannelClient, MultichannelOptions
+from smbcore.client import ClientConfig
+from smbcore.fileops import CloseRequest, CreateContext, CreateDisposition, CreateRequest, CreateResponse
+from smbcore.header import Command
 from smbcore.ioctl import InterfaceCapability, NetworkInterfaceInfo
 from smbcore.multichannel import ChannelKey
+from smbcore.negotiate import Dialect
+from smbcore.ntstatus import NTStatus
 from smbcore.selection import Nic, NicAddress, SelectionPolicy
 from smbcore.transfer import copy_from_share, copy_to_share
 
@@ -84,15 +90,86 @@ class MultichannelSuite:
                 f.write(chunk)
         return path, digest.hexdigest()
 
-    async def connect(self, peer: McPeer, *, channels: int = CHANNELS) -> MultichannelClient:
+    async def connect(
+        self,
+        peer: McPeer,
+        *,
+        channels: int = CHANNELS,
+        dialect: int | None = None,
+        encrypt: bool = False,
+        requery_interval: float = 600.0,
+    ) -> MultichannelClient:
         options = MultichannelOptions(
             enabled=channels > 1, max_channels=channels, rebind_delay=0.2, rebind_max_delay=1.0,
-            policy=SelectionPolicy(allow_loopback=True, rss_connections=2),
+            policy=SelectionPolicy(allow_loopback=True, rss_connections=2), requery_interval=requery_interval,
         )  # fmt: skip
+        config = ClientConfig(dialects=(dialect,)) if dialect is not None else ClientConfig()
         return await MultichannelClient.connect(
-            peer.host, peer.port, user=peer.user, password=peer.password, options=options,
-            local_interfaces=lambda: peer.local,
+            peer.host, peer.port, user=peer.user, password=peer.password, options=options, config=config,
+            local_interfaces=lambda: peer.local, require_encryption=encrypt,
         )  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("dialect", "encrypt"),
+        [(Dialect.SMB_3_0, False), (Dialect.SMB_3_0_2, True), (Dialect.SMB_3_1_1, True)],
+    )
+    async def test_every_dialect_signed_and_encrypted(
+        self, peer: McPeer, dialect: int, encrypt: bool
+    ) -> None:
+        """Channels bound on 3.0 and 3.0.2 (their NEGOTIATE validated on each) and 3.1.1 (a
+        signing key from each channel's own pre-auth hash), with encryption (session keys)."""
+        async with await self.connect(peer, dialect=dialect, encrypt=encrypt) as mc:
+            tree = await mc.connect_tree("data")
+            assert len(mc.session.channels) == CHANNELS and mc.session.encrypted is encrypt
+            assert {c.dialect for c in mc.session.channels} == {dialect}
+            assert all(c.conn.negotiate_validated for c in mc.session.channels) is (
+                dialect != Dialect.SMB_3_1_1
+            )
+            payload = os.urandom(CHANNELS * 3 * MiB)
+            async with await tree.open("dialect.bin", "w") as f:
+                assert await f.write(0, payload) == len(payload)
+                assert await f.read(0, len(payload)) == payload
+            assert all(mc.session.bytes_sent(c) > 0 for c in mc.session.channels)
+            await tree.remove("dialect.bin")
+
+    async def test_a_create_replayed_on_another_channel_gets_the_same_open(self, peer: McPeer) -> None:
+        """What a replay relies on: the server keeps the CreateGuid of a CREATE with a DH2Q
+        context, and answers a CREATE flagged as a replay with the open the first try made."""
+        async with await self.connect(peer) as mc:
+            tree = await mc.connect_tree("data")
+            first, second = mc.session.channels[0], mc.session.channels[-1]
+            session = mc.session.session
+            dh2q = CreateContext(b"DH2Q", bytes(16) + os.urandom(16))
+            body = CreateRequest(
+                0x0012019F, 0, 7, CreateDisposition.OVERWRITE_IF, 0x40, "replay.bin", (dh2q,)
+            )
+
+            def send(channel: SMBClient, command: Command, body: bytes, replay: bool = False) -> Any:
+                return channel.start(
+                    lambda now: channel.conn.request(
+                        command, body, session=session, tree=tree.tree, now=now, replay=replay
+                    )
+                )
+
+            opened = await send(first, Command.CREATE, body.encode())
+            assert opened.status == NTStatus.SUCCESS
+            again = await send(second, Command.CREATE, body.encode(), replay=True)
+            assert again.status == NTStatus.SUCCESS, hex(again.status)
+            file_id = opened.expect(CreateResponse).file_id
+            assert again.expect(CreateResponse).file_id == file_id
+            contexts = sorted(c.name for c in opened.expect(CreateResponse).contexts)
+            print(f"\n{peer.name}: CREATE with DH2Q (no oplock) answered with contexts {contexts}")
+            closed = await send(first, Command.CLOSE, CloseRequest(24, 0, 0, file_id).to_bytes())
+            assert closed.status == NTStatus.SUCCESS
+            await tree.remove("replay.bin")
+
+    async def test_the_interfaces_are_queried_again_periodically(self, peer: McPeer) -> None:
+        async with await self.connect(peer, requery_interval=0.3) as mc:
+            await mc.connect_tree("data")
+            first_plan = mc.plan
+            await eventually(lambda: mc.plan is not first_plan, 5.0)
+            assert mc.plan is not None and mc.plan.connections == CHANNELS
+            assert len(mc.session.channels) == CHANNELS
 
     async def test_the_session_has_four_channels_over_both_pairs(self, peer: McPeer) -> None:
         async with await self.connect(peer) as mc:
@@ -228,8 +305,9 @@ class TestMultichannelAgainstFerry(MultichannelSuite):
                 assert mc.failures == 0  # retired, not lost
             finally:
                 peer.interfaces.append(dropped)
-            await mc.refresh(wait=True)
+            await mc.refresh(wait=True)  # the server offers it again: opened again
             assert len(mc.session.channels) == CHANNELS
+            assert {ChannelKey(c.local, c.remote) for c in mc.channels} == peer.pairs
 
 
 class TestMultichannelAgainstSamba(MultichannelSuite):

@@ -97,6 +97,9 @@ class MultichannelOptions:
     #: Seconds for opening and binding the planned channels at the start; those not up by then
     #: keep being tried in the background.
     establish_timeout: float = 20.0
+    #: Seconds for one channel's TCP connect and NEGOTIATE, and for its binding: a try that
+    #: takes longer is abandoned and made again (with backoff).
+    channel_timeout: float = 5.0
     #: READ/WRITE bytes in flight across all channels (None: the client config's
     #: ``window_bytes``); the request size shrinks so that every channel has two in flight.
     window_bytes: int | None = None
@@ -104,7 +107,7 @@ class MultichannelOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.max_channels <= MAX_CHANNELS:
             raise ValueError(f"max_channels must be 1..{MAX_CHANNELS}")
-        if min(self.requery_interval, self.rebind_delay, self.establish_timeout) <= 0:
+        if min(self.requery_interval, self.rebind_delay, self.establish_timeout, self.channel_timeout) <= 0:
             raise ValueError("intervals and timeouts must be positive")
         if self.rebind_max_delay < self.rebind_delay:
             raise ValueError("rebind_max_delay must be at least rebind_delay")
@@ -192,6 +195,9 @@ class MultichannelClient:
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        #: One binding at a time: connections open in parallel, but a server may not cope with
+        #: several bindings of one session at once (Samba 4.17 sometimes leaves one unanswered).
+        self._binding = asyncio.Lock()
         self._closing = False
         self._seen: dict[SMBClient, ChannelInfo] = {}
         #: The last plan (None before the first tree connect, or without Multichannel).
@@ -429,11 +435,13 @@ class MultichannelClient:
 
     async def _connect_and_bind(self, state: _Pair) -> SMBClient:
         session = self.session.session
+        timeout = self.options.channel_timeout
         config = dataclasses.replace(
             self.config,
             dialects=(session.dialect,),
             signing_algorithms=(session.signing_algorithm,),
             ciphers=(session.cipher,) if session.cipher is not None else self.config.ciphers,
+            connect_timeout=min(self.config.connect_timeout, timeout),
         )
         pair = state.pair
         client = await SMBClient.connect(
@@ -441,7 +449,8 @@ class MultichannelClient:
             client_guid=self._client_guid, source_address=pair.source_address,
         )  # fmt: skip
         try:
-            await self.session.bind(client, speed=state.speed)
+            async with self._binding, asyncio.timeout(timeout):
+                await self.session.bind(client, speed=state.speed)
         except BaseException:
             await client.close()
             raise
