@@ -844,3 +844,22 @@ def test_a_listing_handed_out_later_shows_the_directory_as_it_is_then(
     assert [n for n in names if n not in (".", "..")][-len(survivors) :] == survivors
     assert not set(names) & {f"f{i:02}.txt" for i in range(9, 40, 4)}  # deleted before they were sent
     svc.release(d)
+
+
+def test_a_sharing_conflict_breaks_only_a_batch_oplock_first(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, _ = service
+    status, first = create(svc, share, "f.bin", READ_DATA | WRITE_DATA, 0)  # shares nothing
+    assert isinstance(first, OpenFile)
+    key = first.handle.identity
+    # Under an Exclusive oplock the conflict is answered at once ...
+    status, _ = create(svc, share, "f.bin", READ_DATA, 7, disposition=1, break_keys=frozenset({key}))
+    assert status == NTStatus.SHARING_VIOLATION
+    # ... under a Batch one the holder is asked first (it may only be keeping a closed file open).
+    request = CreateRequest(READ_DATA, 0, 7, 1, 0x40, "f.bin")
+    operation = FileOperation(
+        1, Command.CREATE, request, share, "alice", None, None, frozenset({key}), frozenset({key})
+    )
+    result, _ = svc.run_sync(operation)
+    assert result.status == NTStatus.OPLOCK_BREAK_IN_PROGRESS and result.file_key == key

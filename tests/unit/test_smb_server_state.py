@@ -14,7 +14,14 @@ import pytest
 from smbcore import crypto
 from smbcore.auth import ClientAuthenticator, ServerAuthenticator, UserDatabase
 from smbcore.config import ServerLimits
-from smbcore.fileops import CloseRequest, CreateContext, CreateRequest, FileTimes, WriteRequest
+from smbcore.fileops import (
+    CloseRequest,
+    CreateContext,
+    CreateRequest,
+    CreateResponse,
+    FileTimes,
+    WriteRequest,
+)
 from smbcore.header import Command, Flags, Header, decode_header
 from smbcore.messages import EMPTY4, SessionSetupRequest, SessionSetupResponse, ShareType, TreeConnectRequest
 from smbcore.negotiate import Dialect
@@ -345,14 +352,15 @@ def test_an_operation_that_waits_goes_async_and_can_be_cancelled(users: UserData
     ((interim, _),) = _responses(client)
     assert interim.status == NTStatus.PENDING and interim.credits > 0 and not interim.flags & Flags.SIGNED
     assert not client.server.go_async(held.op_id)  # only once
-    # A sync-form CANCEL names the request by MessageId; the shell is asked to stop it.
+    # A sync-form CANCEL names the request by MessageId (the client may not have seen the
+    # interim response yet); the shell is asked to stop it.
     cancel = Header(command=Command.CANCEL, message_id=interim.message_id, session_id=client.session_id)
     client.server.receive_pdu(cancel.to_bytes() + EMPTY4)
-    assert client.server.events() == []  # already async: only the async form finds it
+    assert client.server.events() == [CancelOperation(held.op_id)]
     cancel = Header(command=Command.CANCEL, flags=Flags.ASYNC_COMMAND, reserved_or_async=interim.async_id,
                     session_id=client.session_id)  # fmt: skip
     client.server.receive_pdu(cancel.to_bytes() + EMPTY4)
-    assert client.server.events() == [CancelOperation(held.op_id)]
+    assert client.server.events() == [CancelOperation(held.op_id)]  # the async form finds it too
     client.server.complete(held.op_id, FileResult(NTStatus.CANCELLED))
     ((final, pdu),) = _responses(client)
     assert final.status == NTStatus.CANCELLED and final.credits == 0 and final.flags & Flags.SIGNED
@@ -485,3 +493,38 @@ def test_shares_added_and_removed_at_run_time(users: UserDatabase) -> None:
     ((gone, _),) = _responses(client)
     assert gone.status == NTStatus.NETWORK_NAME_DELETED
     assert client.server.bytes_received > 0 and client.server.bytes_sent > 0
+
+
+def test_a_malformed_request_body_is_refused_and_the_connection_carries_on(users: UserDatabase) -> None:
+    state = ServerState()
+    client, _, tree = logged_in(state, users)
+    no_locks = (48).to_bytes(2, "little") + (0).to_bytes(2, "little") + bytes(20)  # LockCount 0
+    client.server.receive_pdu(_signed(client, Command.LOCK, no_locks, tree))
+    ((refused, _),) = _responses(client)
+    assert refused.status == NTStatus.INVALID_PARAMETER
+    assert client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.SUCCESS
+
+
+def test_maximal_access_is_answered_and_a_write_breaks_every_level_two(users: UserDatabase) -> None:
+    state = ServerState()
+    client, shell, tree = logged_in(state, users)
+    mxac = CreateContext(b"MxAc", b"")
+    request = CreateRequest(
+        0x0012019F, 0, 7, 2, 0, "f.txt", (mxac,), oplock_level=OplockLevel.LEVEL_II
+    ).encode()
+    client.server.receive_pdu(_signed(client, Command.CREATE, request, tree))
+    shell.run_events()
+    ((created, body),) = _responses(client)
+    response = CreateResponse.decode(body)
+    assert created.status == NTStatus.SUCCESS and response.oplock_level == OplockLevel.LEVEL_II
+    assert [(c.name, c.data[4:]) for c in response.contexts] == [
+        (b"MxAc", (0x001F01FF).to_bytes(4, "little"))
+    ]
+    # The writer's own Level II goes to none too (MS-FSA: a write breaks every Level II).
+    write = WriteRequest(0, response.file_id, memoryview(b"abc")).encode_head() + b"abc"
+    client.server.receive_pdu(_signed(client, Command.WRITE, write, tree))
+    shell.run_events()
+    notification, written = _responses(client)
+    assert notification[0].command == Command.OPLOCK_BREAK
+    assert OplockBreak.parse(notification[1]).oplock_level == OplockLevel.NONE
+    assert written[0].status == NTStatus.SUCCESS

@@ -16,6 +16,7 @@ the interim STATUS_PENDING response) until they get it or are cancelled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -204,6 +205,12 @@ class _BreakNeeded(Exception):
     def __init__(self, key: tuple[int, int]) -> None:
         super().__init__(key)
         self.key = key
+
+
+def _wake(waiter: asyncio.Future[int]) -> None:
+    """A CHANGE_NOTIFY waiting for changes: some arrived."""
+    if not waiter.done():
+        waiter.set_result(NTStatus.SUCCESS)
 
 
 def _blocking(request: LockRequest) -> bool:
@@ -452,21 +459,21 @@ class FsFileService:
             if self._inotify is None:
                 self._inotify = Inotify()
                 loop.add_reader(self._inotify.fileno(), self._inotify.read_events)
-            watch = opened.watch = Watch(request.completion_filter, request.watch_tree, lambda: None)
+            # The first request's OutputBufferLength sizes the open's change buffer for good
+            # (as Windows keeps it): with 0, every change is reported as NOTIFY_ENUM_DIR.
+            watch = opened.watch = Watch(
+                request.completion_filter, request.watch_tree, lambda: None, limit=request.output_length
+            )
             try:
                 self._inotify.watch(opened.handle.fileno(), watch)
             except OSError as exc:
                 log.warning("cannot watch a directory", extra={"error": str(exc)})
                 return NTStatus.NOT_SUPPORTED, b""
-        if not watch.changes and not watch.overflowed:
+        while not watch.changes and not watch.overflowed:
             why: asyncio.Future[int] = loop.create_future()
             self._notify_waiters[op.op_id] = (opened, why)
 
-            def woken() -> None:
-                if not why.done():
-                    why.set_result(NTStatus.SUCCESS)
-
-            watch.on_change = woken
+            watch.on_change = functools.partial(_wake, why)
             try:
                 status = await why
             finally:
@@ -476,7 +483,8 @@ class FsFileService:
                 return status, b""
         changes, watch.changes = watch.changes, []
         overflowed, watch.overflowed = watch.overflowed, False
-        data = None if overflowed else encode_notify_information(changes, request.output_length)
+        limit = min(request.output_length, watch.limit)
+        data = None if overflowed else encode_notify_information(changes, limit)
         if data is None:
             return NTStatus.NOTIFY_ENUM_DIR, b""
         return NTStatus.SUCCESS, encode_output_buffer_response(data)
@@ -592,9 +600,16 @@ class FsFileService:
             self._files.check_pending(key)  # before oplocks: no break for a file being deleted
             if req.disposition == CREATE_DISPOSITION:
                 return  # STATUS_OBJECT_NAME_COLLISION follows
-            if key in op.break_keys:  # oplocks first: a batch holder may close instead
+            try:
+                self._files.check(key, wanted, req.share_access)
+            except FsError:
+                # A sharing conflict breaks only a Batch oplock first (its holder may just be
+                # keeping a closed file open); under any other oplock it is answered at once.
+                if key in op.batch_keys:
+                    raise _BreakNeeded(key) from None
+                raise
+            if key in op.break_keys:
                 raise _BreakNeeded(key)
-            self._files.check(key, wanted, req.share_access)
 
         # The EA, security descriptor and allocation size contexts ([MS-SMB2] 2.2.13.2.1,
         # 2.2.13.2.2, 2.2.13.2.6) are checked before anything is created, and applied to a

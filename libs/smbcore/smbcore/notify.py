@@ -184,6 +184,7 @@ class Watch:
     tree: bool
     on_change: Callable[[], None]
     root: str = ""  # /proc/self/fd/N of the directory open
+    limit: int = 0x80000  # bytes of changes a response may carry (the first request's buffer)
     changes: list[Change] = field(default_factory=list)
     overflowed: bool = False
     wds: dict[int, str] = field(default_factory=dict)  # inotify wd -> prefix under the open

@@ -29,6 +29,7 @@ command outside it is a protocol error answered as MS-SMB2 3.3.5.2 prescribes.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import logging
@@ -45,6 +46,7 @@ from .credits import CreditWindow
 from .errors import RemoteProtocolError, SMBProtocolError
 from .fileops import (
     CloseRequest,
+    CreateContext,
     CreateRequest,
     CreateResponse,
     FileTimes,
@@ -303,7 +305,9 @@ class FileOperation:
     CREATE, ``break_keys`` are the file keys (see :class:`FileResult`) whose oplocks must be
     broken before the file may be opened: if the target is one of them the shell opens
     nothing and answers STATUS_OPLOCK_BREAK_IN_PROGRESS with that ``file_key``; the core
-    breaks the oplocks, waits for the holders, and asks again.
+    breaks the oplocks, waits for the holders, and asks again. When the open would meet a
+    sharing conflict, only a target in ``batch_keys`` is broken first; for the others the
+    conflict is answered at once.
     """
 
     op_id: int
@@ -314,6 +318,7 @@ class FileOperation:
     handle: object | None
     file_id: bytes | None
     break_keys: frozenset[Hashable] = frozenset()
+    batch_keys: frozenset[Hashable] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +358,7 @@ class _Waiting:
     tree: Tree
     async_id: int = 0
     blocked_on: set[Open] = field(default_factory=set)  # oplock breaks a CREATE waits for
+    signer: crypto.Signer | None = None  # the channel's, kept: the answer may come after a LOGOFF
 
 
 @dataclass(eq=False)
@@ -389,6 +395,10 @@ _FILE_DECODERS: dict[Command, Callable[[memoryview], FileRequest]] = {
 _SIZE_CLASSES = frozenset({19, 20})  # FileAllocationInformation, FileEndOfFileInformation
 _NORMALIZED_NAME_CLASS = 48  # FileNormalizedNameInformation
 _DURABLE_V2_REQUEST = b"DH2Q"  # SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 (MS-SMB2 2.2.13.2.11)
+#: SMB2_CREATE_QUERY_MAXIMAL_ACCESS (MS-SMB2 2.2.13.2.5, 2.2.14.2.5): answered with QueryStatus
+#: SUCCESS and full access; what a user may really do is decided by the open itself.
+_MAXIMAL_ACCESS = b"MxAc"
+_MAXIMAL_ACCESS_ANSWER = (0).to_bytes(4, "little") + FILE_ALL_ACCESS.to_bytes(4, "little")
 
 
 def create_guid(request: CreateRequest) -> bytes | None:
@@ -558,15 +568,22 @@ class ServerState:
     # -- oplocks -------------------------------------------------------------------------------
 
     def break_keys(self, request: CreateRequest) -> frozenset[Hashable]:
-        """Files a CREATE may not open before their oplocks are broken."""
-        if not self._holders or is_attribute_only(request.desired_access):
-            return frozenset()
+        """Files a CREATE may not open before their oplocks are broken (an open for attributes
+        only breaks nothing, unless it replaces the data)."""
         overwrite = overwrites(request.disposition)
+        if not self._holders or (is_attribute_only(request.desired_access) and not overwrite):
+            return frozenset()
         return frozenset(
             o.file_key
             for o in self._holders
             if o.breaking_to is not None or o.oplock in EXCLUSIVE_LEVELS or overwrite
         )
+
+    def batch_keys(self) -> frozenset[Hashable]:
+        """Files with a Batch oplock (or one breaking from Batch): a sharing conflict on them
+        breaks the oplock first, since its holder may just be keeping a closed file open
+        (MS-FSA 2.1.5.1.2); other oplocks do not stop a SHARING_VIOLATION."""
+        return frozenset(o.file_key for o in self._holders if o.oplock == OplockLevel.BATCH)
 
     def start_breaks(self, key: Hashable, overwrite: bool) -> list[Open]:
         """Break the oplocks on a file another open wants; the holders still to acknowledge."""
@@ -589,8 +606,9 @@ class ServerState:
         return waiting_on
 
     def break_level_two(self, writer: Open) -> None:
-        """A write or size change: every other Level II oplock on the file goes to none."""
-        for other in self.others_on(writer):
+        """A write, lock or size change: every Level II oplock on the file goes to none, the
+        writer's own included (MS-FSA 2.1.5.17.3), with no acknowledgment expected."""
+        for other in [writer, *self.others_on(writer)]:
             if other.oplock == OplockLevel.LEVEL_II and other.breaking_to is None:
                 self._notify_break(other, OplockLevel.NONE)
                 self.set_oplock(other, OplockLevel.NONE)
@@ -886,7 +904,18 @@ class ServerConnection:
         if command is Command.IOCTL:
             return self._ioctl(header, message, credits, session, tree, chain)
         if command in _FILE_DECODERS:
-            request = _FILE_DECODERS[command](message)
+            try:
+                request = _FILE_DECODERS[command](message)
+            except RemoteProtocolError as exc:
+                # A malformed body concerns this request only (a bad LockCount, an unknown
+                # CreateDisposition): it is refused, the connection carries on (MS-SMB2 3.3.5.2).
+                log.info("malformed request", extra={"command": command.name, "error": str(exc)})
+                if command is Command.CREATE:
+                    chain.failed = exc.status
+                return self._error(header, exc.status, credits, session, tree_id=tree.tree_id)
+            if isinstance(request, LockRequest) and self.dialect < Dialect.SMB_3_0:
+                # LockSequence is checked only for resilient/durable opens before 3.0 (3.3.5.14).
+                request = dataclasses.replace(request, lock_sequence=0)
             if (
                 isinstance(request, QueryInfoRequest)
                 and request.info_type == InfoType.FILE
@@ -1324,6 +1353,7 @@ class ServerConnection:
         handle: object | None = None
         file_id: bytes | None = None
         break_keys: frozenset[Hashable] = frozenset()
+        batch_keys: frozenset[Hashable] = frozenset()
         if isinstance(request, CreateRequest):
             guid = create_guid(request)
             if guid is not None and (same := self.server.by_create_guid.get((session.session_id, guid))):
@@ -1340,6 +1370,7 @@ class ServerConnection:
                     header, NTStatus.INSUFFICIENT_RESOURCES, credits, session, tree_id=tree.tree_id
                 )
             break_keys = self.server.break_keys(request)
+            batch_keys = self.server.batch_keys() if break_keys else frozenset()
         else:
             file_id = request.file_id
             if related and file_id == NO_FILE_ID:
@@ -1354,13 +1385,19 @@ class ServerConnection:
                 self.server.break_level_two(opened)
         assert session.user is not None
         op = FileOperation(
-            self.server.new_op_id(), command, request, tree.share, session.user, handle, file_id, break_keys
-        )
-        self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree)
+            self.server.new_op_id(), command, request, tree.share, session.user, handle, file_id, break_keys,
+            batch_keys,
+        )  # fmt: skip
+        channel = session.channels.get(self)
+        signer = channel.signer if channel is not None else None
+        self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree, signer=signer)
         return op
 
     def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
         """READ/WRITE within the negotiated sizes and paid for in credits (MS-SMB2 3.3.5.2.5)."""
+        if isinstance(request, ChangeNotifyRequest):  # MS-SMB2 3.3.5.19
+            size, limit = request.output_length, self._io_limit(self.limits.max_transact)
+            return NTStatus.INVALID_PARAMETER if size > limit else None
         if isinstance(request, ReadRequest):
             size, limit = request.length, self._io_limit(self.limits.max_read)
         elif isinstance(request, WriteRequest):
@@ -1406,15 +1443,14 @@ class ServerConnection:
         return True
 
     def _cancel(self, header: Header) -> None:
-        """MS-SMB2 3.3.5.16: find the request by AsyncId (async) or MessageId (still sync)."""
+        """MS-SMB2 3.3.5.16: find the request by AsyncId (async form) or MessageId (sync form)."""
         if header.is_async:
             found = next((w for w in self._waiting.values() if w.async_id == header.async_id), None)
         else:
+            # By MessageId, async or not: the client may not have seen the interim response yet.
             found = next(
-                (w for w in self._waiting.values()
-                 if not w.async_id and w.header.message_id == header.message_id),
-                None,
-            )  # fmt: skip
+                (w for w in self._waiting.values() if w.header.message_id == header.message_id), None
+            )
         if found is None or found.session.session_id != header.session_id:
             return
         if found.blocked_on:  # a CREATE the core holds for an oplock break: the core answers
@@ -1432,7 +1468,7 @@ class ServerConnection:
         assert isinstance(request, CreateRequest)
         op = FileOperation(
             self.server.new_op_id(), waiting.op.command, request, waiting.op.share, waiting.op.user,
-            None, None, self.server.break_keys(request),
+            None, None, self.server.break_keys(request), self.server.batch_keys(),
         )  # fmt: skip
         del self._waiting[waiting.op.op_id]
         waiting.op = op
@@ -1476,6 +1512,13 @@ class ServerConnection:
         reply = self._reply(
             waiting.header, status, body, waiting.credits, waiting.session, waiting.tree.tree_id
         )
+        if (
+            not reply.sign
+            and not reply.encrypt
+            and waiting.signer is not None
+            and (waiting.header.flags & Flags.SIGNED or waiting.session.signing_required)
+        ):  # the session ended (LOGOFF) while this ran: still answered signed, as it was asked
+            reply.sign, reply.signer = True, waiting.signer
         reply.async_id = waiting.async_id
         chain.replies.append(self._as_requested(reply, chain))
         try:
@@ -1503,7 +1546,14 @@ class ServerConnection:
         others = [o.oplock for o in self.server.others_on(opened)]
         level = grant_level(request.oplock_level, others, directory=directory)
         opened.oplock = level if result.file_key is not None else OplockLevel.NONE
-        body = CreateResponse(create[0], create[1], opened.file_id, oplock_level=opened.oplock).encode()
+        contexts = tuple(
+            CreateContext(_MAXIMAL_ACCESS, _MAXIMAL_ACCESS_ANSWER)
+            for c in request.contexts
+            if c.name == _MAXIMAL_ACCESS
+        )[:1]
+        body = CreateResponse(
+            create[0], create[1], opened.file_id, contexts, oplock_level=opened.oplock
+        ).encode()
         opened.create_response = body if opened.create_guid is not None else b""
         self.server.add_open(opened, opened.oplock)
         waiting.chain.last_file_id = opened.file_id
