@@ -98,6 +98,7 @@ class MultichannelSuite:
         dialect: int | None = None,
         encrypt: bool = False,
         requery_interval: float = 600.0,
+        local: list[Nic] | None = None,
     ) -> MultichannelClient:
         options = MultichannelOptions(
             enabled=channels > 1, max_channels=channels, rebind_delay=0.2, rebind_max_delay=1.0,
@@ -106,7 +107,7 @@ class MultichannelSuite:
         config = ClientConfig(dialects=(dialect,)) if dialect is not None else ClientConfig()
         return await MultichannelClient.connect(
             peer.host, peer.port, user=peer.user, password=peer.password, options=options, config=config,
-            local_interfaces=lambda: peer.local, require_encryption=encrypt,
+            local_interfaces=lambda: peer.local if local is None else local, require_encryption=encrypt,
         )  # fmt: skip
 
     @pytest.mark.parametrize(
@@ -162,6 +163,24 @@ class MultichannelSuite:
             closed = await send(first, Command.CLOSE, CloseRequest(24, 0, 0, file_id).to_bytes())
             assert closed.status == NTStatus.SUCCESS
             await tree.remove("replay.bin")
+
+    async def test_a_first_connection_the_plan_does_not_have_is_retired(self, peer: McPeer) -> None:
+        """Only the second pair is planned: the connection the session was established on is
+        closed once a planned channel is up, and the session lives on without it."""
+        async with await self.connect(peer, local=peer.local[1:]) as mc:
+            first = mc.session.client
+            tree = await mc.connect_tree("data")
+            (planned,) = {ChannelKey.of(p) for p in mc.plan.channels} if mc.plan else set()
+            assert planned != first.key
+            await eventually(lambda: first.closed)
+            assert [ChannelKey(c.local, c.remote) for c in mc.channels] == [planned, planned]
+            assert mc.failures == 0 and mc.session.channel_failures == 0
+            if peer.server_channels is not None:
+                assert peer.server_channels(mc.session.session_id) == 2
+            async with await tree.open("moved.txt", "w") as f:
+                await f.write(0, b"still here")
+            assert (peer.share / "moved.txt").read_bytes() == b"still here"
+            await tree.remove("moved.txt")
 
     async def test_the_interfaces_are_queried_again_periodically(self, peer: McPeer) -> None:
         async with await self.connect(peer, requery_interval=0.3) as mc:

@@ -30,6 +30,7 @@ from smbcore.client import (
 )
 from smbcore.client_errors import ConnectionLost, LogonFailure, SMBStatusError
 from smbcore.errors import LocalProtocolError
+from smbcore.fileinfo import FileAttributes, FileStat, encode_directory_entries
 from smbcore.fileops import (
     CloseRequest,
     CreateAction,
@@ -37,9 +38,12 @@ from smbcore.fileops import (
     CreateRequest,
     CreateResponse,
     FileTimes,
+    QueryDirectoryFlags,
+    QueryDirectoryRequest,
     ReadRequest,
     WriteRequest,
     encode_close_response,
+    encode_output_buffer_response,
     encode_write_response,
 )
 from smbcore.fileops import encode_read_response_head as read_head
@@ -527,6 +531,11 @@ class Files:
     data: bytearray = field(default_factory=lambda: bytearray(range(256)) * 4096)
     unavailable: int = 0
     writes: list[tuple[int, int]] = field(default_factory=list)
+    #: A directory: its names, two per QUERY_DIRECTORY, the enumeration's position per handle.
+    names: tuple[str, ...] = ("a", "b", "c", "d", "e")
+    listing_delay: float = 0.0
+    positions: dict[int, int] = field(default_factory=dict)
+    restarts: int = 0
 
     async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
         request = op.request
@@ -545,6 +554,20 @@ class Files:
             self.data[request.offset : request.offset + len(request.data)] = request.data
             self.writes.append((request.offset, len(request.data)))
             return FileResult(NTStatus.SUCCESS, encode_write_response(len(request.data))), None
+        if isinstance(request, QueryDirectoryRequest):
+            key = id(op.handle)
+            if request.flags & QueryDirectoryFlags.RESTART_SCANS:
+                self.positions[key] = 0
+                self.restarts += 1
+            at = self.positions.get(key, 0)
+            self.positions[key] = at + 2  # it moves on, whether or not the answer arrives
+            await asyncio.sleep(self.listing_delay if at else 0)
+            chunk = self.names[at : at + 2]
+            if not chunk:
+                return FileResult(NTStatus.NO_MORE_FILES), None
+            stat = FileStat(1, 2, 3, 4, 0, 10, FileAttributes.NORMAL, 7, 1, False, False)
+            data, _ = encode_directory_entries(request.info_class, [(n, stat) for n in chunk], 65536)
+            return FileResult(NTStatus.SUCCESS, encode_output_buffer_response(data)), None
         if isinstance(request, CloseRequest):
             return FileResult(NTStatus.SUCCESS, encode_close_response(0, None)), None
         return FileResult(NTStatus.NOT_SUPPORTED), None
@@ -632,6 +655,20 @@ async def test_file_not_available_without_a_channel_failure_is_an_error(tmp_path
         with pytest.raises(SMBStatusError, match="0xC0000467"):
             await f.write(0, b"y")
         assert session.retried == 0
+
+
+async def test_a_listing_whose_channel_fails_starts_again_and_misses_nothing(tmp_path: Path) -> None:
+    """QUERY_DIRECTORY moves the enumeration on: its replay restarts it (RESTART_SCANS) and
+    the client drops what it had, so no name is missed or listed twice."""
+    files = Files(listing_delay=0.3)
+    async with server_and_session(tmp_path, files, 2) as (_, session):
+        tree = await session.connect_tree("data")
+        listing = asyncio.ensure_future(tree.listdir("dir"))
+        await asyncio.sleep(0.15)  # the second QUERY_DIRECTORY is being answered
+        (busy,) = [c for c in session.channels if session.inflight(c)]
+        kill(busy)
+        assert await listing == ["a", "b", "c", "d", "e"]
+        assert files.restarts == 2 and session.replayed == 1
 
 
 async def test_with_one_channel_a_failure_fails_what_is_in_flight(tmp_path: Path) -> None:

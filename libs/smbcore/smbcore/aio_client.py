@@ -1243,14 +1243,31 @@ class SMBTree:
             options=CreateOptions.DIRECTORY_FILE,
         )  # fmt: skip
         entries: list[DirEntry] = []
+        info_class = FileInfoClass.FULL_DIRECTORY
+        tree, file_id = self.tree, directory.file_id
         try:
             flags: int = QueryDirectoryFlags.RESTART_SCANS
-            while True:
-                info_class = FileInfoClass.FULL_DIRECTORY
+
+            def build(conn: ClientConnection, now: float, replay: bool) -> tuple[Request]:
+                # An enumeration moves on with each answer: a replay (whose first try may have
+                # moved it) starts it again from the beginning.
+                restart = QueryDirectoryFlags.RESTART_SCANS if replay else 0
                 body = QueryDirectoryRequest(
-                    info_class, flags, directory.file_id, pattern, _DIRECTORY_OUTPUT
+                    info_class, flags | restart, file_id, pattern, _DIRECTORY_OUTPUT
                 ).encode()
-                response = await directory._call(Command.QUERY_DIRECTORY, body, recv_size=_DIRECTORY_OUTPUT)
+                size = _DIRECTORY_OUTPUT
+                return (
+                    conn.request(
+                        Command.QUERY_DIRECTORY, body, session=tree.session, tree=tree, recv_size=size,
+                        now=now, replay=replay,
+                    ),
+                )  # fmt: skip
+
+            while True:
+                (future,) = self.session.submit(build, size=_DIRECTORY_OUTPUT)
+                response = await future
+                if response.request.replay:
+                    entries.clear()
                 if response.status in (NTStatus.NO_MORE_FILES, NTStatus.NO_SUCH_FILE):
                     break
                 output = _check(response, "QUERY_DIRECTORY", path).expect(OutputBuffer).data
