@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 
-.PHONY: help setup run test lint typecheck unit fmt clean bench-smb smbtorture bench-selector
+.PHONY: help setup run test lint typecheck unit fmt clean bench-smb smbtorture bench-multichannel bench-selector
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench-smb: setup ## SMB data path: Ferry's server vs Samba's smbd (same client, 
 
 bench-selector: setup ## selector at scale: 1,000 hosts x 8 NICs in KV, plan latency p50/p99 (NATS, HTTP) and memory
 	@$(VENV)/bin/python scripts/bench_selector.py
+
+bench-multichannel: setup ## Multichannel over 1, 2 and 4 shaped links between two namespaced hosts (root): Ferry's client vs smbclient
+	@$(VENV)/bin/python scripts/bench_multichannel.py
 
 smbtorture: setup ## Samba's smbtorture suites against Ferry's SMB server: the README's pass/fail/skip table
 	@$(VENV)/bin/python scripts/smbtorture_report.py
