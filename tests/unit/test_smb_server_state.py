@@ -31,6 +31,7 @@ from smbcore.server import (
     CancelOperation,
     FileOperation,
     FileResult,
+    RequestRecord,
     ServerConnection,
     ServerIdentity,
     ServerState,
@@ -528,3 +529,21 @@ def test_maximal_access_is_answered_and_a_write_breaks_every_level_two(users: Us
     assert notification[0].command == Command.OPLOCK_BREAK
     assert OplockBreak.parse(notification[1]).oplock_level == OplockLevel.NONE
     assert written[0].status == NTStatus.SUCCESS
+
+
+def test_answered_requests_are_recorded_and_a_session_can_be_closed(users: UserDatabase) -> None:
+    clock = Clock()
+    state = ServerState(clock=clock)
+    records: list[RequestRecord] = []
+    state.on_request = records.append
+    client, shell, tree = logged_in(state, users)
+    open_file(client, shell, tree, "f.txt", 0)
+    assert [r.command for r in records][-2:] == [Command.TREE_CONNECT, Command.CREATE]
+    create = records[-1]
+    assert create.status == NTStatus.SUCCESS and create.share == "data" and create.connection is client.server
+    assert create.session_id == client.session_id and create.response_bytes > 0
+    assert state.close_session(client.session_id) and not state.close_session(client.session_id)
+    assert (
+        not state.opens
+        and client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.USER_SESSION_DELETED
+    )

@@ -44,6 +44,7 @@ from .server import (
     FileOperation,
     FileResult,
     Pieces,
+    RequestRecord,
     ServerConnection,
     ServerIdentity,
     ServerPolicy,
@@ -104,6 +105,10 @@ class ServerSettings:
     #: What FSCTL_QUERY_NETWORK_INTERFACE_INFO answers (asked at each query, so it can follow the host).
     interfaces: Callable[[], list[NetworkInterfaceInfo]] = list
     files: FileService = field(default_factory=NoFiles)
+    #: Told about every answered request (command, status, latency, share, bytes): for metrics.
+    on_request: Callable[[RequestRecord], None] | None = None
+    #: Told when a connection ends, with its final byte counters (``protocol.conn``).
+    on_connection_closed: Callable[[SMBConnection], None] | None = None
 
 
 class _Sender:
@@ -215,7 +220,9 @@ class _Sender:
         self._sock.close()
 
 
-class _SMBProtocol(asyncio.BufferedProtocol):
+class SMBConnection(asyncio.BufferedProtocol):
+    """One client connection (Direct TCP): its core (``conn``), both ends' addresses, ``close()``."""
+
     def __init__(self, server: SMBServer) -> None:
         self._server = server
         self._settings = server.settings
@@ -226,6 +233,10 @@ class _SMBProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.peer = "?"
+        self.local = "?"
+        #: (host, port) of each end; None until connected.
+        self.peer_address: tuple[str, int] | None = None
+        self.local_address: tuple[str, int] | None = None
         self.conn = ServerConnection(
             identity=self._settings.identity,
             shares=self._settings.shares,
@@ -246,7 +257,11 @@ class _SMBProtocol(asyncio.BufferedProtocol):
         # pipeline a client with two READs in flight keeps full), and restarts at one.
         max_pdu = self._settings.limits.max_pdu
         peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.local = f"{local[0]}:{local[1]}" if local else "?"
+        self.peer_address = (peer[0], peer[1]) if peer else None
+        self.local_address = (local[0], local[1]) if local else None
         try:
             self._sender = _Sender(
                 transport,
@@ -277,6 +292,13 @@ class _SMBProtocol(asyncio.BufferedProtocol):
         self.conn.connection_lost()
         self._server.detach(self)
         self._server.pump()
+        if self._settings.on_connection_closed is not None:
+            self._settings.on_connection_closed(self)
+
+    def close(self) -> None:
+        """End this connection (an operator's or the server's decision)."""
+        if self._transport is not None:
+            self._transport.close()
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -381,11 +403,12 @@ class SMBServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.connections: set[_SMBProtocol] = set()
-        self._by_core: dict[ServerConnection, _SMBProtocol] = {}
+        self.connections: set[SMBConnection] = set()
+        self._by_core: dict[ServerConnection, SMBConnection] = {}
         self._servers: list[asyncio.Server] = []
         self._break_timer: asyncio.TimerHandle | None = None
         self.state = ServerState(clock=self._now, shares=settings.shares)
+        self.state.on_request = settings.on_request
         #: Buffers for received PDUs too large for the readers' staging (WRITEs), server-wide.
         self.buffers = BufferPool()
 
@@ -393,11 +416,11 @@ class SMBServer:
     def _now() -> float:
         return asyncio.get_running_loop().time()
 
-    def attach(self, protocol: _SMBProtocol) -> None:
+    def attach(self, protocol: SMBConnection) -> None:
         self.connections.add(protocol)
         self._by_core[protocol.conn] = protocol
 
-    def detach(self, protocol: _SMBProtocol) -> None:
+    def detach(self, protocol: SMBConnection) -> None:
         self.connections.discard(protocol)
         self._by_core.pop(protocol.conn, None)
 
@@ -425,9 +448,23 @@ class SMBServer:
         self.state.handle_timer(self._now())
         self.pump()
 
+    def close_session(self, session_id: int) -> bool:
+        """Close a session on every channel (Close-SmbSession); its connections that carry no
+        other session are closed too. False if there is no such session."""
+        session = self.state.sessions.get(session_id)
+        if session is None:
+            return False
+        connections = [self._by_core[c] for c in session.channels if c in self._by_core]
+        self.state.close_session(session_id)
+        self.pump()
+        for protocol in connections:
+            if not protocol.conn.sessions:
+                protocol.close()
+        return True
+
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _SMBProtocol(self), host, port, reuse_address=True)
+        server = await loop.create_server(lambda: SMBConnection(self), host, port, reuse_address=True)
         self._servers.append(server)
         return [sock.getsockname()[:2] for sock in server.sockets]
 

@@ -280,6 +280,7 @@ class _Chain:
     replies: list[_Reply] = field(default_factory=list)
     last_file_id: bytes | None = None  # for related operations (MS-SMB2 3.3.5.2.7.2)
     failed: int | None = None  # status of a failed CREATE, given to the related operations after it
+    received_at: float = 0.0  # ServerState.clock() when the PDU arrived
 
 
 FileRequest = (
@@ -319,6 +320,20 @@ class FileOperation:
     file_id: bytes | None
     break_keys: frozenset[Hashable] = frozenset()
     batch_keys: frozenset[Hashable] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What :attr:`ServerState.on_request` is told about each answered request (for metrics):
+    the final answer only, not an interim STATUS_PENDING."""
+
+    connection: ServerConnection
+    command: Command
+    status: int
+    seconds: float  # from the PDU's arrival to its answer
+    session_id: int
+    share: str | None  # the tree's share, if the request had one
+    response_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +473,8 @@ class ServerState:
         self._break_waiters: dict[Open, list[tuple[ServerConnection, _Waiting]]] = {}
         self._dirty: dict[ServerConnection, None] = {}
         self._orphans: list[object] = []
+        #: Called for every answered request (see RequestRecord); the shell's metrics hook.
+        self.on_request: Callable[[RequestRecord], None] | None = None
 
     # -- for the shell ---------------------------------------------------------------------------
 
@@ -555,6 +572,17 @@ class ServerState:
                 tree = session.trees.pop(tree_id)
                 self.drop_opens(lambda o, tree=tree: o.tree is tree)  # type: ignore[misc]
         return share
+
+    def close_session(self, session_id: int) -> bool:
+        """An operator closes a session (Close-SmbSession): it ends as at LOGOFF, and what its
+        requests are still waiting for is cancelled. False if there is no such session."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        for conn in list(session.channels):
+            conn.cancel_session_requests(session)
+        self.remove_session(session)
+        return True
 
     def remove_session(self, session: Session) -> None:
         """LOGOFF, a failed re-authentication, PreviousSessionId, or the last channel gone:
@@ -759,7 +787,7 @@ class ServerConnection:
         return plain, session
 
     def _process_chain(self, view: memoryview, encrypted_for: Session | None) -> None:
-        self._continue(_Chain(view, encrypted_for))
+        self._continue(_Chain(view, encrypted_for, received_at=self.server.clock()))
 
     def _continue(self, chain: _Chain) -> None:
         """Handle the chain's messages from where it stopped, until it ends or waits for a file operation."""
@@ -780,7 +808,28 @@ class ServerConnection:
             if outcome is not None:
                 chain.replies.append(self._as_requested(outcome, chain))
         if chain.replies:
+            self._record(chain)
             self._emit(chain.replies)
+
+    def _record(self, chain: _Chain) -> None:
+        observer = self.server.on_request
+        if observer is None:
+            return
+        seconds = self.server.clock() - chain.received_at
+        for r in chain.replies:
+            if r.status == NTStatus.PENDING:
+                continue
+            tree = r.session.trees.get(r.tree_id) if r.session is not None else None
+            share = tree.share.name if tree is not None else None
+            command = Command(r.request.command)
+            observer(RequestRecord(self, command, r.status, seconds, r.session_id, share, len(r.body)))
+
+    def cancel_session_requests(self, session: Session) -> None:
+        """Ask the shell to stop what a closing session's requests wait for on this connection."""
+        for waiting in self._waiting.values():
+            if waiting.session is session and not waiting.blocked_on:
+                self._events.append(CancelOperation(waiting.op.op_id))
+                self.server.mark(self)
 
     def _dispatch(self, op: FileOperation) -> None:
         self._events.append(op)
