@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from smbcore.aio_client import SMBClient
 from smbcore.auth import UserDatabase
-from smbcore.client_errors import SMBConnectionError, SMBStatusError
+from smbcore.client_errors import SMBClientError, SMBConnectionError, SMBStatusError
 from smbcore.ntstatus import NTStatus
 
 from tests.support.procs import VENV_BIN, free_port
@@ -179,6 +179,110 @@ async def test_sessions_channels_and_close(app: App) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert gone.returncode == 1 and "no session 0x99" in gone.stderr
+
+
+def count(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_core_answered_requests_are_timed_and_their_failures_counted(app: App) -> None:
+    """NEGOTIATE, SESSION_SETUP and TREE_CONNECT never reach the file service: smbcore's
+    request hook times them, and counts a refused logon and a denied tree connect."""
+    errors, duration = "ferry_smbserver_errors_total", "ferry_smbserver_request_duration_seconds_count"
+    before = await metrics(app)
+    client = await SMBClient.connect("127.0.0.1", app.smb_port)
+    try:
+        with pytest.raises(SMBClientError) as refused:
+            await client.login(USER, "wrong password")
+        assert getattr(refused.value, "status", NTStatus.LOGON_FAILURE) == NTStatus.LOGON_FAILURE
+        session = await client.login(USER, PASSWORD)
+        with pytest.raises(SMBStatusError) as denied:
+            await session.connect_tree("nope")
+        assert denied.value.status == NTStatus.BAD_NETWORK_NAME
+        await session.connect_tree("data")
+    finally:
+        await client.close()
+    after = await metrics(app)
+
+    def delta(name: str, **labels: str) -> float:
+        return count(after, name, **labels) - count(before, name, **labels)
+
+    assert delta(errors, command="SESSION_SETUP", status="STATUS_LOGON_FAILURE") == 1
+    assert delta(errors, command="TREE_CONNECT", status="STATUS_BAD_NETWORK_NAME") == 1
+    # Each logon's first round trip is a step, not a failure.
+    assert delta(errors, command="SESSION_SETUP", status="STATUS_MORE_PROCESSING_REQUIRED") == 0
+    assert delta(duration, command="NEGOTIATE") == 1
+    assert delta(duration, command="SESSION_SETUP") == 4  # two logons, two legs each
+    assert delta(duration, command="TREE_CONNECT") == 2
+    buckets = {
+        labels: value
+        for (name, labels), value in after.items()
+        if name == "ferry_smbserver_request_duration_seconds_bucket" and ("command", "NEGOTIATE") in labels
+    }
+    assert buckets[(("command", "NEGOTIATE"), ("le", "+Inf"))] >= 1
+
+
+async def test_a_short_connection_counts_in_full_per_interface(app: App) -> None:
+    """A connection that ends between two samples: its final counters, from smbcore's
+    connection-closed hook, are in the interface's totals."""
+    service = app.http.app[SERVICE]
+    server = service.server
+    ended: list[tuple[int, int]] = []
+    told = server.settings.on_connection_closed
+    assert told is not None
+
+    def spy(shell: Any) -> None:
+        told(shell)
+        ended.append((shell.conn.bytes_sent, shell.conn.bytes_received))
+
+    server.settings.on_connection_closed = spy
+    before = await metrics(app)
+    client = await SMBClient.connect("127.0.0.1", app.smb_port)
+    try:
+        await client.login(USER, PASSWORD)
+    finally:
+        await client.close()
+    for _ in range(200):
+        if ended and not server.connections:
+            break
+        await asyncio.sleep(0.01)
+    ((sent, received),) = ended
+    assert sent > 0 and received > 0
+    after = await metrics(app)
+    name = "ferry_smbserver_interface_bytes_total"
+    for direction, moved in (("sent", sent), ("received", received)):
+        grew = count(after, name, interface="lo", direction=direction) - count(
+            before, name, interface="lo", direction=direction
+        )
+        assert grew == moved
+
+
+async def test_closing_a_session_through_the_api(app: App) -> None:
+    """DELETE /v1/sessions/{id}: smbcore's close_session ends the session on its connection,
+    closes the connection it alone used and the API says how many."""
+    client = await SMBClient.connect("127.0.0.1", app.smb_port)
+    try:
+        session = await client.login(USER, PASSWORD)
+        tree = await session.connect_tree("data")
+        f = await tree.open("held.bin", "w+")
+        (view,) = (await get(app, "/v1/sessions"))["sessions"]
+        assert view["opens"] == 1
+        response = await app.http.delete(f"/v1/sessions/{view['session_id_hex']}")
+        assert response.status == 200
+        assert await response.json() == {"session_id": view["session_id"], "closed_connections": 1}
+        assert (await get(app, "/v1/sessions"))["sessions"] == []
+        assert (await get(app, "/v1/shares/data"))["opens"] == 0
+        with pytest.raises((SMBConnectionError, SMBStatusError)):
+            await f.read(0, 10)
+        server = app.http.app[SERVICE].server
+        for _ in range(200):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.connections
+    finally:
+        await client.close()
+    assert (await app.http.delete(f"/v1/sessions/{view['session_id']}")).status == 404
 
 
 async def test_readiness_and_openapi(app: App) -> None:

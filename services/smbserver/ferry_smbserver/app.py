@@ -36,7 +36,7 @@ from ferry_runtime.migration_shares import (
 )
 from opentelemetry.sdk.trace.export import SpanExporter
 from pydantic import BaseModel
-from smbcore.aio_server import ServerSettings, SMBServer
+from smbcore.aio_server import ServerSettings, SMBConnection, SMBServer
 from smbcore.auth import ServerAuthenticator, UserDatabase
 from smbcore.fileservice import FsFileService
 from smbcore.messages import ShareType
@@ -44,9 +44,8 @@ from smbcore.pipes import PipeService, ShareRouter
 from smbcore.server import ServerPolicy, Share
 
 from .advertise import Advertiser
-from .connections import close_connection, shells
 from .leases import KvLeaseStore, MigrationShares, ShareError
-from .metrics import MeteredFiles, ServerCollector, SmbMetrics, sample_forever
+from .metrics import InterfaceBytes, MeteredFiles, ServerCollector, SmbMetrics, sample_forever
 from .settings import SmbServerSettings
 from .views import (
     ChannelList,
@@ -120,7 +119,11 @@ def configured_shares(settings: SmbServerSettings) -> dict[str, Share]:
 
 
 def build_server(
-    settings: SmbServerSettings, users: UserDatabase, advertiser: Advertiser, metrics: SmbMetrics
+    settings: SmbServerSettings,
+    users: UserDatabase,
+    advertiser: Advertiser,
+    metrics: SmbMetrics,
+    on_connection_closed: Callable[[SMBConnection], None] | None = None,
 ) -> SMBServer:
     smb = settings.smb
     holder: list[SMBServer] = []
@@ -138,6 +141,8 @@ def build_server(
             ),
             interfaces=advertiser.interfaces,
             files=MeteredFiles(ShareRouter(disk=FsFileService(), pipes=pipes), metrics),
+            on_request=metrics.request_answered,
+            on_connection_closed=on_connection_closed,
         )
     )
     holder.append(server)
@@ -187,23 +192,18 @@ async def get_sessions(request: web.Request) -> web.Response:
 
 
 async def close_session(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
+    server = request.app[SERVICE].server
     session_id = _session_id(request.match_info["session_id"])
-    server = service.server
     session = server.state.sessions.get(session_id)
     if session is None:
         return error_response(404, f"no session {request.match_info['session_id']}")
-    channels = list(session.channels)
-    server.state.remove_session(session)
-    server.pump()
-    by_core = shells(server)
-    closed = 0
-    for conn in channels:
-        shell = by_core.get(conn)
-        if shell is not None and not conn.sessions:
-            close_connection(shell)
-            closed += 1
-    log.info("session closed by the operator", extra={"session": hex(session_id), "user": session.user})
+    user = session.user
+    connections = [c for c in list(server.connections) if c.conn in session.channels]
+    if not server.close_session(session_id):  # gone in between (cannot happen without an await)
+        return error_response(404, f"no session {request.match_info['session_id']}")
+    # close_session closed the connections this session alone used.
+    closed = sum(1 for c in connections if not c.conn.sessions)
+    log.info("session closed by the operator", extra={"session": hex(session_id), "user": user})
     return json_model(CloseResult(session_id=session_id, closed_connections=closed))
 
 
@@ -323,11 +323,12 @@ def create_app(settings: SmbServerSettings, *, span_exporter: SpanExporter | Non
     metrics = SmbMetrics(app[REGISTRY])
     users = UserDatabase(settings.smb.users)
     advertiser = Advertiser(host, settings.advertise, dict(settings.interfaces), bus)
-    server = build_server(settings, users, advertiser, metrics)
+    interface_bytes = InterfaceBytes(advertiser)
+    server = build_server(settings, users, advertiser, metrics, interface_bytes.connection_closed)
     store = KvLeaseStore(bus, host, settings.migration.kv_replicas)
     leases = MigrationShares(host, settings.migration, ServerShares(server), store, users, metrics)
     metrics.set_migration_shares(leases.names)
-    collector = ServerCollector(server, advertiser, leases.names)
+    collector = ServerCollector(server, advertiser, leases.names, interface_bytes)
     app[REGISTRY].register(collector)
     service = SmbService(settings, server, users, advertiser, leases, metrics, collector)
     app[SERVICE] = service

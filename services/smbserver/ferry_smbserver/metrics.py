@@ -1,45 +1,48 @@
 """The smbserver's Prometheus metrics.
 
-Measured here, from outside smbcore:
-
-* file operations (CREATE, READ, WRITE, CLOSE, QUERY_*, SET_INFO, LOCK, IOCTL on files,
-  CHANGE_NOTIFY, FLUSH): :class:`MeteredFiles` wraps the file service the core hands them to,
-  so it sees each one's command, share, status and duration, and the bytes a READ returned
-  or a WRITE wrote: ``ferry_smbserver_request_duration_seconds{command}``,
-  ``ferry_smbserver_errors_total{command,status}``,
+* every answered request, also those the core answers itself (NEGOTIATE, SESSION_SETUP,
+  TREE_CONNECT, LOGOFF, ECHO, IOCTL, OPLOCK_BREAK), through smbcore's per-request hook
+  (``ServerSettings.on_request``, :meth:`SmbMetrics.request_answered`): the time from the
+  PDU's arrival to its final answer (an interim STATUS_PENDING is not an answer),
+  ``ferry_smbserver_request_duration_seconds{command}``, and every status other than
+  STATUS_SUCCESS, ``ferry_smbserver_errors_total{command,status}`` (so refused logons and
+  denied tree connects are counted), except STATUS_MORE_PROCESSING_REQUIRED on a
+  SESSION_SETUP, a step of every logon rather than a failure;
+* file data per share: :class:`MeteredFiles` wraps the file service the core hands file
+  operations to, and counts the bytes a READ returned or a WRITE wrote (a WRITE's count is in
+  its response's body, which the request hook does not carry):
   ``ferry_smbserver_share_bytes_total{share,kind,direction}``;
 * bytes per interface: each connection's counters (``bytes_sent``/``bytes_received`` of the
   core), attributed to the interface of its local address, sampled every second and at each
-  scrape (a connection's last bytes are counted when it is seen gone):
+  scrape, and the rest when the connection ends (``ServerSettings.on_connection_closed``), so a
+  connection shorter than a sampling period counts in full:
   ``ferry_smbserver_interface_bytes_total{interface,direction}``;
 * sessions, channels, connections, opens, shares, advertised interfaces: read from the
   server's tables at each scrape.
-
-The commands the core answers itself (NEGOTIATE, SESSION_SETUP, LOGOFF, TREE_CONNECT,
-TREE_DISCONNECT, ECHO, CANCEL, OPLOCK_BREAK, the connection's own IOCTLs) are not timed,
-and their failures (a refused logon, a tree connect denied) not counted: that needs a
-per-request hook in smbcore (see the README).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from smbcore.aio_server import SMBServer
+from smbcore.aio_server import SMBConnection, SMBServer
 from smbcore.fileops import READ_RESPONSE_HEAD_SIZE, FileTimes, ReadRequest, WriteRequest
+from smbcore.header import Command
 from smbcore.messages import ShareType
 from smbcore.ntstatus import NTStatus
 from smbcore.pipes import ShareRouter
-from smbcore.server import FileOperation, FileResult, ServerConnection
+from smbcore.server import FileOperation, FileResult, RequestRecord, ServerConnection
 
 from .advertise import Advertiser
-from .connections import local_address, shells
+from .connections import shells
+
+log = logging.getLogger(__name__)
 
 #: From 50 µs (a cached QUERY_INFO) to 10 s (an 8 MiB WRITE on a slow disk).
 LATENCY_BUCKETS = (
@@ -61,14 +64,15 @@ class SmbMetrics:
         )
         self.request_duration = Histogram(
             "ferry_smbserver_request_duration_seconds",
-            "time from a file operation reaching the file service to its answer, by SMB2 command",
+            "time from a request's arrival to its final answer, by SMB2 command (every command answered)",
             ["command"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.errors = Counter(
             "ferry_smbserver_errors_total",
-            "file operations answered with a status other than STATUS_SUCCESS, by command and NTSTATUS",
+            "requests answered with a status other than STATUS_SUCCESS, by command and NTSTATUS "
+            "(not STATUS_MORE_PROCESSING_REQUIRED on SESSION_SETUP, a step of every logon)",
             ["command", "status"],
             registry=registry,
         )
@@ -81,6 +85,20 @@ class SmbMetrics:
         )
         self._migration_shares: Callable[[], set[str]] = set
         self._forget: dict[str, asyncio.TimerHandle] = {}
+
+    def request_answered(self, record: RequestRecord) -> None:
+        """smbcore's per-request hook (``ServerSettings.on_request``): latency and errors."""
+        try:
+            command = record.command.name
+            self.request_duration.labels(command).observe(max(0.0, record.seconds))
+            status = record.status
+            if status == NTStatus.SUCCESS or (
+                status == NTStatus.MORE_PROCESSING_REQUIRED and record.command == Command.SESSION_SETUP
+            ):
+                return
+            self.errors.labels(command, NTStatus.name_of(status)).inc()
+        except Exception:  # a metrics bug must not break the connection that answered
+            log.exception("cannot record a request", extra={"command": str(record.command)})
 
     def set_migration_shares(self, names: Callable[[], set[str]]) -> None:
         self._migration_shares = names
@@ -109,35 +127,26 @@ class SmbMetrics:
 
 
 class MeteredFiles:
-    """The server's file service, measured (see the module docstring)."""
+    """The server's file service, with the bytes it moves counted per share (latency and
+    errors come from :meth:`SmbMetrics.request_answered`, for every command)."""
 
     def __init__(self, inner: ShareRouter, metrics: SmbMetrics) -> None:
         self._inner = inner
         self._metrics = metrics
 
     async def run(self, op: FileOperation) -> tuple[FileResult, tuple[int, FileTimes] | None]:
-        started = time.perf_counter()
-        command = op.command.name
-        try:
-            result, create = await self._inner.run(op)
-        except BaseException:
-            self._metrics.errors.labels(command, NTStatus.name_of(NTStatus.UNSUCCESSFUL)).inc()
-            raise
-        finally:
-            self._metrics.request_duration.labels(command).observe(time.perf_counter() - started)
-        status = result.status
-        if status != NTStatus.SUCCESS:
-            self._metrics.errors.labels(command, NTStatus.name_of(status)).inc()
+        result, create = await self._inner.run(op)
+        if result.status != NTStatus.SUCCESS:
+            return result, create
+        request = op.request
+        if isinstance(request, ReadRequest):
+            moved, direction = max(0, len(result.body) - READ_RESPONSE_HEAD_SIZE), "read"
+        elif isinstance(request, WriteRequest):
+            moved, direction = _written(result.body), "written"
         else:
-            request = op.request
-            if isinstance(request, ReadRequest):
-                moved, direction = max(0, len(result.body) - READ_RESPONSE_HEAD_SIZE), "read"
-            elif isinstance(request, WriteRequest):
-                moved, direction = _written(result.body), "written"
-            else:
-                return result, create
-            kind = self._metrics.share_kind(op.share.name, op.share.share_type)
-            self._metrics.share_bytes.labels(op.share.name, kind, direction).inc(moved)
+            return result, create
+        kind = self._metrics.share_kind(op.share.name, op.share.share_type)
+        self._metrics.share_bytes.labels(op.share.name, kind, direction).inc(moved)
         return result, create
 
     def release(self, handle: object) -> None:
@@ -152,6 +161,48 @@ def _written(body: bytes | bytearray) -> int:
     return int.from_bytes(body[4:8], "little") if len(body) >= 8 else 0
 
 
+class InterfaceBytes:
+    """Each connection's bytes, added to the totals of the interface its local address is on:
+    sampled (:meth:`sample`) and, at its end, its final counters (:meth:`connection_closed`)."""
+
+    def __init__(self, advertiser: Advertiser) -> None:
+        self._advertiser = advertiser
+        self._seen: dict[ServerConnection, tuple[str, int, int]] = {}
+        #: (interface, direction) -> bytes.
+        self.totals: dict[tuple[str, str], int] = {}
+
+    def sample(self, server: SMBServer) -> None:
+        """Add each live connection's bytes since the last sample to its interface's totals."""
+        live = shells(server)
+        for conn, shell in live.items():
+            self._seen[conn] = self._account(conn, self._seen.get(conn) or self._first(shell))
+        for conn in [c for c in self._seen if c not in live]:
+            self._account(conn, self._seen.pop(conn))  # gone without being told: its last bytes
+
+    def connection_closed(self, shell: SMBConnection) -> None:
+        """smbcore's ``on_connection_closed``: the connection's final counters, then forget it."""
+        try:
+            previous = self._seen.pop(shell.conn) if shell.conn in self._seen else self._first(shell)
+            self._account(shell.conn, previous)
+        except Exception:  # a metrics bug must not break the server's connection teardown
+            log.exception("cannot count a closed connection's bytes", extra={"peer": shell.peer})
+
+    def _first(self, shell: SMBConnection) -> tuple[str, int, int]:
+        """A connection not seen yet: its interface, nothing counted."""
+        local = shell.local_address
+        found = self._advertiser.lookup(local[0]) if local else None
+        return found.interface if found else "unknown", 0, 0
+
+    def _account(self, conn: ServerConnection, previous: tuple[str, int, int]) -> tuple[str, int, int]:
+        interface, sent, received = previous
+        now_sent, now_received = conn.bytes_sent, conn.bytes_received
+        for direction, delta in (("sent", now_sent - sent), ("received", now_received - received)):
+            if delta > 0:
+                key = (interface, direction)
+                self.totals[key] = self.totals.get(key, 0) + delta
+        return interface, now_sent, now_received
+
+
 class ServerCollector(Collector):
     """Gauges read from the server's tables, and the per-interface byte counters."""
 
@@ -160,34 +211,15 @@ class ServerCollector(Collector):
         server: SMBServer,
         advertiser: Advertiser,
         migration_shares: Callable[[], set[str]],
+        interface_bytes: InterfaceBytes,
     ) -> None:
         self._server = server
         self._advertiser = advertiser
         self._migration_shares = migration_shares
-        self._seen: dict[ServerConnection, tuple[str, int, int]] = {}
-        self._bytes: dict[tuple[str, str], int] = {}
+        self._interface_bytes = interface_bytes
 
     def sample(self) -> None:
-        """Add each connection's bytes since the last sample to its interface's totals."""
-        live = shells(self._server)
-        for conn, shell in live.items():
-            previous = self._seen.get(conn)
-            if previous is None:
-                local = local_address(shell)
-                found = self._advertiser.lookup(local[0]) if local else None
-                previous = (found.interface if found else "unknown", 0, 0)
-            self._seen[conn] = self._account(conn, previous)
-        for conn in [c for c in self._seen if c not in live]:
-            self._account(conn, self._seen.pop(conn))  # its last bytes, then forget it
-
-    def _account(self, conn: ServerConnection, previous: tuple[str, int, int]) -> tuple[str, int, int]:
-        interface, sent, received = previous
-        now_sent, now_received = conn.bytes_sent, conn.bytes_received
-        for direction, delta in (("sent", now_sent - sent), ("received", now_received - received)):
-            if delta > 0:
-                key = (interface, direction)
-                self._bytes[key] = self._bytes.get(key, 0) + delta
-        return interface, now_sent, now_received
+        self._interface_bytes.sample(self._server)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -202,7 +234,7 @@ class ServerCollector(Collector):
             "interfaces (framing excluded; 'unknown' when the local address is in no interface)",
             labels=["interface", "direction"],
         )
-        for (interface, direction), value in sorted(self._bytes.items()):
+        for (interface, direction), value in sorted(self._interface_bytes.totals.items()):
             interface_bytes.add_metric([interface, direction], value)
         yield interface_bytes
         yield GaugeMetricFamily("ferry_smbserver_sessions", "sessions", value=len(sessions))

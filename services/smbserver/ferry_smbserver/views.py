@@ -13,14 +13,14 @@ import collections
 import time
 
 from pydantic import BaseModel, Field
-from smbcore.aio_server import SMBServer
+from smbcore.aio_server import SMBConnection, SMBServer
 from smbcore.crypto import CipherId, SigningAlgorithm
 from smbcore.messages import ShareType
 from smbcore.negotiate import Dialect
 from smbcore.server import ServerConnection, Session, SessionState, Share
 
 from .advertise import Advertiser, LocalAddress, normalize_address
-from .connections import ConnectionShell, local_address, peer_address, shells
+from .connections import shells
 
 _DIALECT_NAMES = {
     Dialect.SMB_2_0_2: "2.0.2",
@@ -157,9 +157,7 @@ def _opens_by_session(server: SMBServer) -> collections.Counter[int]:
     return collections.Counter(o.session.session_id for o in list(server.state.opens.values()))
 
 
-def _first_shell(
-    session: Session, by_core: dict[ServerConnection, ConnectionShell]
-) -> ConnectionShell | None:
+def _first_shell(session: Session, by_core: dict[ServerConnection, SMBConnection]) -> SMBConnection | None:
     for conn in session.channels:
         shell = by_core.get(conn)
         if shell is not None:
@@ -173,7 +171,7 @@ def session_views(server: SMBServer) -> list[SessionView]:
     result = []
     for session in sorted(server.state.sessions.values(), key=lambda s: s.session_id):
         shell = _first_shell(session, by_core)
-        peer = peer_address(shell) if shell is not None else None
+        peer = shell.peer_address if shell is not None else None
         result.append(
             SessionView(
                 session_id=session.session_id,
@@ -236,8 +234,8 @@ def channel_views(
             continue
         for conn in list(session.channels):
             shell = by_core.get(conn)
-            peer = peer_address(shell) if shell is not None else None
-            local = local_address(shell) if shell is not None else None
+            peer = shell.peer_address if shell is not None else None
+            local = shell.local_address if shell is not None else None
             iface: LocalAddress | None = advertiser.lookup(local[0]) if local else None
             result.append(
                 ChannelView(
