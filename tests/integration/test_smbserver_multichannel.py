@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from smbcore.auth import UserDatabase
 
 from tests.conftest import require_root
@@ -76,6 +77,18 @@ def cli(hosts: TwoHosts, url: str, *args: str) -> Any:
     proc = hosts.run_server([str(VENV_BIN / "ferry"), "smbserver", *args, "--url", url, "--json"], timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def metrics(hosts: TwoHosts, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The service's /metrics, read in the server's namespace (where the API listens)."""
+    fetch = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1]).read().decode())"
+    proc = hosts.run_server([sys.executable, "-c", fetch, f"{url}/metrics"], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(proc.stdout)
+        for sample in family.samples
+    }
 
 
 def test_views_match_a_multichannel_session_over_two_links(hosts: TwoHosts, tmp_path: Path) -> None:
@@ -155,6 +168,20 @@ def test_views_match_a_multichannel_session_over_two_links(hosts: TwoHosts, tmp_
         closed = cli(hosts, server.url, "close-session", str(report["session_id"]))
         assert closed["closed_connections"] == 2
         assert cli(hosts, server.url, "sessions")["sessions"] == []
+
+        # Each link's interface counted at least its channel's bytes (the final counters come
+        # from smbcore's connection-closed hook); the core's answers are timed per command.
+        samples = metrics(hosts, server.url)
+        for channel in channels:
+            link = link1 if channel["server_address"] == link1.server_address else link2
+            labels = (("direction", "received"), ("interface", link.name))
+            assert samples[("ferry_smbserver_interface_bytes_total", labels)] >= channel["bytes_received"]
+        for command in ("NEGOTIATE", "SESSION_SETUP", "TREE_CONNECT", "IOCTL", "WRITE"):
+            assert samples[("ferry_smbserver_request_duration_seconds_count", (("command", command),))] >= 1
+        assert not any(
+            name == "ferry_smbserver_errors_total" and ("command", "SESSION_SETUP") in labels
+            for name, labels in samples
+        )
     finally:
         if client is not None:
             if client.stdin is not None:

@@ -319,6 +319,13 @@ async def test_source_host_gets_a_hidden_share_only_it_can_use(target: Target, b
         written = (("direction", "written"), ("kind", "migration"), ("share", share.share))
         assert samples[("ferry_smbserver_share_bytes_total", written)] == len(payload)
         assert samples[("ferry_smbserver_migration_share_events_total", (("event", "created"),))] == 1
+        # The core's own answers, through smbcore's request hook: the two tree connects the
+        # share's users list refused, and every connection's NEGOTIATE (three, plus smbclient's).
+        denied = (("command", "TREE_CONNECT"), ("status", "STATUS_ACCESS_DENIED"))
+        assert samples[("ferry_smbserver_errors_total", denied)] == 2
+        timed = "ferry_smbserver_request_duration_seconds_count"
+        assert samples[(timed, (("command", "NEGOTIATE"),))] >= 3
+        assert samples[(timed, (("command", "TREE_CONNECT"),))] >= 4
     finally:
         await client.close()
 
