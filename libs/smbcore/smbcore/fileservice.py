@@ -207,6 +207,10 @@ class _BreakNeeded(Exception):
         self.key = key
 
 
+def _no_waiter() -> None:
+    """A watch with no CHANGE_NOTIFY waiting: changes are only collected."""
+
+
 def _wake(waiter: asyncio.Future[int]) -> None:
     """A CHANGE_NOTIFY waiting for changes: some arrived."""
     if not waiter.done():
@@ -473,12 +477,13 @@ class FsFileService:
             why: asyncio.Future[int] = loop.create_future()
             self._notify_waiters[op.op_id] = (opened, why)
 
-            watch.on_change = functools.partial(_wake, why)
+            hook = watch.on_change = functools.partial(_wake, why)
             try:
                 status = await why
             finally:
                 self._notify_waiters.pop(op.op_id, None)
-                watch.on_change = lambda: None
+                if watch.on_change is hook:  # a later request may have set its own already
+                    watch.on_change = _no_waiter
             if status != NTStatus.SUCCESS:
                 return status, b""
         changes, watch.changes = watch.changes, []
