@@ -175,8 +175,9 @@ class MultichannelSuite:
             await eventually(lambda: first.closed)
             assert [ChannelKey(c.local, c.remote) for c in mc.channels] == [planned, planned]
             assert mc.failures == 0 and mc.session.channel_failures == 0
-            if peer.server_channels is not None:
-                assert peer.server_channels(mc.session.session_id) == 2
+            server_channels = peer.server_channels
+            if server_channels is not None:  # the server notices the closed connection soon
+                await eventually(lambda: server_channels(mc.session.session_id) == 2)
             async with await tree.open("moved.txt", "w") as f:
                 await f.write(0, b"still here")
             assert (peer.share / "moved.txt").read_bytes() == b"still here"
@@ -262,7 +263,9 @@ class MultichannelSuite:
                     assert await copy_from_share(tree, "killed.bin", back, progress=progress) == BIG
                     assert sha256(back) == digest
             (victim,) = victims
-            assert victim.closed and mc.session.replayed >= killed[0]
+            # (What was in flight on it was replayed, unless its answer was already received:
+            # the unit tests count replays exactly; here, the bytes say nothing was lost.)
+            assert victim.closed
             assert mc.failures == 1 and mc.session.channel_failures == 1
             assert mc.session.session.channel_sequence == 1
             # The lost pair is re-opened and bound again.
@@ -271,9 +274,11 @@ class MultichannelSuite:
             assert {ChannelKey(c.local, c.remote) for c in mc.channels} == peer.pairs
             if peer.server_channels is not None:
                 assert peer.server_channels(mc.session.session_id) == CHANNELS
-            # ... and used: a last write goes over every channel.
+            # ... and used: the writes that follow go over every channel (1 MiB each, so that a
+            # channel busy with a re-plan's FSCTL is not passed over for all of them).
             async with await tree.open("after.txt", "w") as f:
-                await asyncio.gather(*(f.write(i, b"x") for i in range(3 * CHANNELS)))
+                block = os.urandom(MiB)
+                await asyncio.gather(*(f.write(i * MiB, block) for i in range(3 * CHANNELS)))
             assert all(mc.session.bytes_sent(c) > 0 for c in mc.session.channels)
             await tree.remove("after.txt")
             await tree.remove("killed.bin")

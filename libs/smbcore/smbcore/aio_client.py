@@ -738,11 +738,14 @@ class _Operation:
     """One operation of a session (a request, or a compound) across its tries: the first, the
     replays after channel failures, the retries after STATUS_FILE_NOT_AVAILABLE."""
 
-    __slots__ = ("attempt", "build", "channel", "futures", "replayable", "replays", "retries", "size")
+    __slots__ = ("attempt", "build", "channel", "data", "futures", "replayable", "replays", "retries", "size")
 
-    def __init__(self, build: Build, size: int, replayable: bool, futures: list[asyncio.Future[Response]]):
+    def __init__(
+        self, build: Build, size: int, replayable: bool, futures: list[asyncio.Future[Response]], data: bool
+    ):
         self.build = build
         self.size = size
+        self.data = data  # a READ or WRITE: its size counts in bytes_sent
         self.replayable = replayable
         self.futures = futures  # the caller's, one per request; resolved by the last try only
         self.attempt = 0
@@ -871,8 +874,8 @@ class SMBSession:
         self._scheduler.remove(client)
 
     def bytes_sent(self, client: SMBClient) -> int:
-        """READ/WRITE bytes (and other payloads) the session sent over ``client``, replays
-        included; kept after the channel ends."""
+        """READ and WRITE bytes the session asked for over ``client`` (replays included); kept
+        after the channel ends."""
         return self._bytes.get(client, 0)
 
     def inflight(self, client: SMBClient) -> int:
@@ -933,14 +936,14 @@ class SMBSession:
     # -- requests ------------------------------------------------------------------------------
 
     def submit(
-        self, build: Build, *, size: int = 0, count: int = 1, replayable: bool = True
+        self, build: Build, *, size: int = 0, count: int = 1, replayable: bool = True, data: bool = False
     ) -> list[asyncio.Future[Response]]:
         """Send the ``count`` requests ``build(conn, now, replay)`` makes on a channel of the
         session; one future per request, resolved with its final response. ``size`` (the bytes
         the operation moves) weighs in the choice of channel. A ``replayable`` operation whose
         channel fails is built again, with ``replay`` true, on another channel."""
         futures: list[asyncio.Future[Response]] = [self._loop.create_future() for _ in range(count)]
-        self._send(_Operation(build, size, replayable, futures), replay=False)
+        self._send(_Operation(build, size, replayable, futures, data), replay=False)
         return futures
 
     def start(
@@ -1006,7 +1009,8 @@ class SMBSession:
             self.replayed += 1
             replay = True
         op.channel = channel
-        self._bytes[channel] = self._bytes.get(channel, 0) + op.size
+        if op.data:
+            self._bytes[channel] = self._bytes.get(channel, 0) + op.size
         self._scheduler.started(channel, op.size)
         self._book.sent(channel, op)
         attempt = op.attempt
@@ -1402,6 +1406,7 @@ class SMBFile:
             (future,) = self.session.submit(
                 lambda conn, now, replay: (conn.read(tree, file_id, offset, length, now, replay=replay),),
                 size=length,
+                data=True,
             )
         except BaseException:
             self.session.window.release(reserved)
@@ -1427,6 +1432,7 @@ class SMBFile:
             (future,) = self.session.submit(
                 lambda conn, now, replay: (conn.write(tree, file_id, offset, data, now, replay=replay),),
                 size=size,
+                data=True,
             )
         except BaseException:
             window.release(reserved)
