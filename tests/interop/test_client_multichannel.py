@@ -15,6 +15,7 @@ channel and of four are printed (``-s``); they are figures, not assertions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -35,7 +36,7 @@ from smbcore.ioctl import InterfaceCapability, NetworkInterfaceInfo
 from smbcore.multichannel import ChannelKey
 from smbcore.negotiate import Dialect
 from smbcore.ntstatus import NTStatus
-from smbcore.selection import Nic, NicAddress, SelectionPolicy
+from smbcore.selection import Nic, NicAddress, NicClass, RdmaKind, SelectionPolicy, Transport
 from smbcore.transfer import copy_from_share, copy_to_share
 
 from tests.interop.client_suite import sha256
@@ -47,6 +48,7 @@ BIG = 256 * MiB
 TEN_G = 10_000_000_000
 CHANNELS = 4
 RSS = InterfaceCapability.RSS
+RDMA = InterfaceCapability.RDMA
 
 
 @dataclass
@@ -333,6 +335,22 @@ class TestMultichannelAgainstFerry(MultichannelSuite):
             await mc.refresh(wait=True)  # the server offers it again: opened again
             assert len(mc.session.channels) == CHANNELS
             assert {ChannelKey(c.local, c.remote) for c in mc.channels} == peer.pairs
+
+    async def test_rdma_interfaces_are_planned_as_tcp_ones(self, peer: McPeer) -> None:
+        """This client has no SMB Direct: RDMA-capable interfaces on both sides are planned as
+        the RSS interfaces they also are (four TCP connections, not two RDMA ones)."""
+        assert peer.interfaces is not None
+        saved = list(peer.interfaces)
+        peer.interfaces[:] = [dataclasses.replace(i, capabilities=RSS | RDMA) for i in saved]
+        local = [dataclasses.replace(n, rdma_kind=RdmaKind.IWARP) for n in peer.local]
+        try:
+            async with await self.connect(peer, local=local) as mc:
+                await mc.connect_tree("data")
+                assert mc.plan is not None
+                assert mc.plan.nic_class is NicClass.RSS and mc.plan.transport is Transport.TCP
+                assert len(mc.session.channels) == CHANNELS
+        finally:
+            peer.interfaces[:] = saved
 
 
 class TestMultichannelAgainstSamba(MultichannelSuite):

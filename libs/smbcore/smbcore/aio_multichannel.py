@@ -103,6 +103,9 @@ class MultichannelOptions:
     #: READ/WRITE bytes in flight across all channels (None: the client config's
     #: ``window_bytes``); the request size shrinks so that every channel has two in flight.
     window_bytes: int | None = None
+    #: Plan RDMA channels. This client opens TCP connections only (no SMB Direct yet), so by
+    #: default an RDMA-capable local interface is planned as the RSS or plain one it also is.
+    rdma: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_channels <= MAX_CHANNELS:
@@ -378,9 +381,13 @@ class MultichannelClient:
         reachable = self._reachable or same_subnet
         read_local = self._local_interfaces
 
+        rdma = self.options.rdma
+
         def plan_in_thread() -> ChannelPlan:
             # Reading the interfaces and asking the kernel for routes block: not on the loop.
             local = tuple(read_local()) if read_local is not None else ()
+            if not rdma:
+                local = tuple(dataclasses.replace(n, rdma_kind=None) for n in local)
             return select_channels(
                 local, remote, server=self.host, reachable=reachable, constraints=self.options.constraints,
                 policy=policy,
