@@ -547,3 +547,26 @@ def test_answered_requests_are_recorded_and_a_session_can_be_closed(users: UserD
         not state.opens
         and client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.USER_SESSION_DELETED
     )
+
+
+def test_a_write_with_an_older_channel_sequence_is_refused(users: UserDatabase) -> None:
+    state = ServerState()
+    client, shell, tree = logged_in(state, users)
+    open_file(client, shell, tree, "f.txt", 0)
+    (file_id,) = state.opens
+
+    def write(sequence: int) -> int:
+        header = Header(command=Command.WRITE, credits=8, message_id=client.message_id, status=sequence,
+                        reserved_or_async=Header.sync_field(tree), session_id=client.session_id)  # fmt: skip
+        msg = bytearray(header.to_bytes() + WriteRequest(0, file_id, memoryview(b"x")).encode_head() + b"x")
+        assert client.signer is not None
+        client.signer.sign_in_place(msg)
+        client.message_id += 1
+        client.server.receive_pdu(bytes(msg))
+        shell.run_events()
+        return _responses(client)[-1][0].status
+
+    assert write(0) == NTStatus.SUCCESS
+    assert write(1) == NTStatus.SUCCESS  # the client moved on after a channel failure
+    assert write(0) == NTStatus.FILE_NOT_AVAILABLE  # late, from the old channel
+    assert write(1) == NTStatus.SUCCESS

@@ -159,7 +159,7 @@ class CreateRequest:
         name = self.name.encode("utf-16-le")
         name_offset = HEADER_SIZE + _CreateRequestFixed.SIZE
         ctx = encode_create_contexts(self.contexts)
-        ctx_offset = align8(name_offset + len(name)) if ctx else 0
+        ctx_offset = align8(name_offset + max(len(name), 1)) if ctx else 0  # an empty name still has a byte
         fixed = _CreateRequestFixed(
             57, 0, self.oplock_level, self.impersonation_level, 0, 0, self.desired_access,
             self.file_attributes, self.share_access, self.disposition, self.options,

@@ -390,6 +390,7 @@ class Open:
     oplock: OplockLevel = OplockLevel.NONE
     breaking_to: OplockLevel | None = None
     break_deadline: float = 0.0
+    channel_sequence: int = 0  # the newest ChannelSequence seen on it (MS-SMB2 3.3.5.2.10)
     create_guid: bytes | None = None  # from a DH2Q context: a replayed CREATE finds this open
     create_response: bytes = b""  # what the CREATE answered, answered again to its replay
 
@@ -1428,6 +1429,12 @@ class ServerConnection:
             if opened is None or opened.session is not session or opened.tree is not tree:
                 return self._error(header, NTStatus.FILE_CLOSED, credits, session, tree_id=tree.tree_id)
             handle = opened.handle
+            if isinstance(request, WriteRequest | SetInfoRequest) and not self._channel_sequence_ok(
+                header, opened
+            ):
+                return self._error(
+                    header, NTStatus.FILE_NOT_AVAILABLE, credits, session, tree_id=tree.tree_id
+                )
             if isinstance(request, WriteRequest | LockRequest) or (
                 isinstance(request, SetInfoRequest) and request.info_class in _SIZE_CLASSES
             ):
@@ -1441,6 +1448,19 @@ class ServerConnection:
         signer = channel.signer if channel is not None else None
         self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree, signer=signer)
         return op
+
+    def _channel_sequence_ok(self, header: Header, opened: Open) -> bool:
+        """MS-SMB2 3.3.5.2.10: after a client moved to a newer ChannelSequence (a channel
+        failed and it replays on another), a modifying request still carrying an older one
+        (late from the dead channel) must not reach the file."""
+        if self.dialect < Dialect.SMB_3_0:
+            return True
+        ahead = (header.channel_sequence - opened.channel_sequence) & 0xFFFF
+        if ahead >= 0x8000:
+            log.info("stale ChannelSequence refused", extra={"file_id": opened.file_id.hex()})
+            return False
+        opened.channel_sequence = header.channel_sequence
+        return True
 
     def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
         """READ/WRITE within the negotiated sizes and paid for in credits (MS-SMB2 3.3.5.2.5)."""
@@ -1589,7 +1609,7 @@ class ServerConnection:
         assert isinstance(request, CreateRequest)
         opened = Open(
             self.server.new_file_id(), session, waiting.tree, result.handle, self, result.file_key,
-            create_guid=create_guid(request),
+            create_guid=create_guid(request), channel_sequence=waiting.header.channel_sequence,
         )  # fmt: skip
         directory = bool(create[1].file_attributes & _DIRECTORY_ATTRIBUTE)
         others = [o.oplock for o in self.server.others_on(opened)]
