@@ -12,6 +12,8 @@ at least as fast. Beside each rate, the median CPU time the server used for the 
 (user + system, all its processes and threads; smbd's per-connection child included): on a
 small shared machine the wall clock also measures whoever else is running, the CPU time
 much less so. The load average before and after is printed for the same reason.
+``--get-to-null`` has the timed gets write to /dev/null: with a file, the client's writes
+into its own page cache are most of a get's time on a small VM, for both servers alike.
 
 Neither server touches the page cache differently: the source file, and the file each server
 holds after a put, are in memory for every run, so ``get`` measures the servers, not the disk.
@@ -344,10 +346,18 @@ def smbclient(client: str, server: Server, protection: str, command: str) -> flo
 
 
 def transfer(
-    client: str, server: Server, mode: str, op: str, source: Path, back: Path, digest: str
+    client: str,
+    server: Server,
+    mode: str,
+    op: str,
+    files: tuple[Path, Path, str],
+    *,
+    discard: bool = False,
 ) -> tuple[float, float]:
-    """One put (source to the share) or get (share to ``back``), verified; the seconds it
-    took and the CPU seconds the server used."""
+    """One put (source to the share) or get (share to ``back``, or to /dev/null if
+    ``discard``), verified unless discarded; the seconds it took and the CPU seconds the
+    server used."""
+    source, back, digest = files
     remote = server.share_dir / REMOTE_NAME
     if op == "put":
         remote.unlink(missing_ok=True)
@@ -356,16 +366,15 @@ def transfer(
     cpu_before = group_cpu_seconds(server.process.pid)
     if op == "put":
         elapsed = smbclient(client, server, MODES[mode], f"put {source} {REMOTE_NAME}")
-        checked = remote
+        checked: Path | None = remote
     else:
-        elapsed = smbclient(client, server, MODES[mode], f"get {REMOTE_NAME} {back}")
-        checked = back
+        checked = None if discard else back
+        elapsed = smbclient(client, server, MODES[mode], f"get {REMOTE_NAME} {checked or os.devnull}")
     time.sleep(CPU_SETTLE)
     cpu = group_cpu_seconds(server.process.pid) - cpu_before
-    if sha256(checked) != digest:
+    if checked is not None and sha256(checked) != digest:
         raise BenchError(f"{mode} {op} on {server.name}: SHA-256 of {checked} differs from the source")
-    if op == "get":
-        back.unlink()
+    back.unlink(missing_ok=True)
     return elapsed, cpu
 
 
@@ -375,19 +384,22 @@ def measure(
     mode: str,
     runs: tuple[int, int],
     files: tuple[Path, Path, str],
+    *,
+    get_to_null: bool = False,
 ) -> Results:
     """``warmup`` untimed rounds, then ``repeat`` timed ones; each round is a put and a get on
-    both servers, the first server alternating from round to round."""
+    both servers, the first server alternating from round to round. With ``get_to_null`` the
+    timed gets go to /dev/null (the warm-up gets are the ones verified)."""
     warmup, repeat = runs
-    source, back, digest = files
     results = Results()
-    size = source.stat().st_size
+    size = files[0].stat().st_size
     for run in range(warmup + repeat):
         order = SERVERS if run % 2 == 0 else SERVERS[::-1]
         label = f"warm-up {run + 1}/{warmup}" if run < warmup else f"run {run - warmup + 1}/{repeat}"
         for name in order:
             for op in OPS:
-                seconds, cpu = transfer(client, servers[name], mode, op, source, back, digest)
+                discard = get_to_null and run >= warmup
+                seconds, cpu = transfer(client, servers[name], mode, op, files, discard=discard)
                 if run >= warmup:
                     results.times[mode, op, name].append(seconds)
                     results.cpu[mode, op, name].append(cpu)
@@ -431,7 +443,6 @@ def top_functions(raw: Path, count: int) -> tuple[int, list[tuple[str, int, int,
 
 
 def profile(py_spy: str, client: str, server: Server, mode: str, files: tuple[Path, Path, str]) -> None:
-    source, back, digest = files
     for op in OPS:
         raw = server.log.with_name(f"py-spy-{mode}-{op}.txt")
         sampler = subprocess.Popen(
@@ -441,7 +452,7 @@ def profile(py_spy: str, client: str, server: Server, mode: str, files: tuple[Pa
         )  # fmt: skip
         try:
             time.sleep(1.0)  # let it attach
-            seconds, _ = transfer(client, server, mode, op, source, back, digest)
+            seconds, _ = transfer(client, server, mode, op, files)
         finally:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(60)
@@ -537,11 +548,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--py-spy", metavar="PATH", help="also profile Ferry's server with this py-spy for one put and get"
     )
+    p.add_argument(
+        "--get-to-null",
+        action="store_true",
+        help="timed gets write to /dev/null, so that the client's own file writes (page cache) are "
+        "left out; the warm-up gets, which must be at least one, are verified",
+    )
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must be 0 or more")
+    if args.get_to_null and args.warmup < 1:
+        p.error("--get-to-null needs a warm-up round (its gets are the verified ones)")
     return args
 
 
@@ -561,7 +580,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
         ):
             print(f"  ferry on port {ferry.port}, samba on port {samba.port}", flush=True)
             measured = measure(
-                args.smbclient, {"ferry": ferry, "samba": samba}, mode, (args.warmup, args.repeat), files
+                args.smbclient,
+                {"ferry": ferry, "samba": samba},
+                mode,
+                (args.warmup, args.repeat),
+                files,
+                get_to_null=args.get_to_null,
             )
             results.times.update(measured.times)
             results.cpu.update(measured.cpu)
@@ -604,15 +628,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for key, value in info.items():
         print(f"{key:9} {value}")
+    gets = "; timed gets to /dev/null" if args.get_to_null else ""
     print(
         f"{'file':9} {human_size(args.size)} ({args.size} bytes), median of {args.repeat} runs each "
-        f"after {args.warmup} untimed warm-up round(s)"
+        f"after {args.warmup} untimed warm-up round(s){gets}"
     )
     print()
     print(text)
     print("\nmarkdown:\n")
     print(
-        f"{human_size(args.size)}, median of {args.repeat} runs after {args.warmup} warm-up round(s); "
+        f"{human_size(args.size)}, median of {args.repeat} runs after {args.warmup} warm-up round(s){gets}; "
         "MB = 10^6 bytes; CPU s = the server's CPU time per transfer.\n"
     )
     print(markdown)
