@@ -15,6 +15,11 @@ much less so. The load average before and after is printed for the same reason.
 ``--get-to-null`` has the timed gets write to /dev/null: with a file, the client's writes
 into its own page cache are most of a get's time on a small VM, for both servers alike.
 
+``--baseline DIR`` adds a third server, Ferry's from another checkout in DIR (say
+``git archive REV libs cli | tar -x -C DIR``; its packages are put first on PYTHONPATH), run
+in the same rounds as the other two, the order rotating: a before/after comparison under the
+same conditions, which on a noisy machine two separate runs are not.
+
 Neither server touches the page cache differently: the source file, and the file each server
 holds after a put, are in memory for every run, so ``get`` measures the servers, not the disk.
 
@@ -60,6 +65,8 @@ REMOTE_NAME = "bench.bin"
 MODES: dict[str, str] = {"signed": "sign", "encrypted": "encrypt"}
 OPS = ("put", "get")
 SERVERS = ("ferry", "samba")
+BASELINE = "base"  # --baseline: Ferry's server from another checkout
+BASELINE_PACKAGES = ("libs/smbcore", "cli", "libs/runtime", "libs/hostnet")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CHUNK = 16 << 20
@@ -242,10 +249,17 @@ def prepare_ferry(tmp: Path) -> Path:
     return users
 
 
-def start_ferry(tmp: Path, users: Path, mode: str) -> Server:
+def start_ferry(tmp: Path, users: Path, mode: str, baseline: Path | None = None) -> Server:
+    """Ferry's server; with ``baseline``, the one in that checkout (share and log of its own)."""
+    name = "ferry" if baseline is None else BASELINE
     port = free_port()
-    share_dir = tmp / "ferry" / "share"
-    log = tmp / "ferry" / f"serve-{mode}.log"
+    share_dir = tmp / name / "share"
+    share_dir.mkdir(parents=True, exist_ok=True)
+    log = tmp / name / f"serve-{mode}.log"
+    env = None
+    if baseline is not None:
+        paths = [str(baseline / package) for package in BASELINE_PACKAGES]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     args = [
         str(FERRY), "smbserver", "serve", "--listen", f"127.0.0.1:{port}",
         "--share", f"{SHARE}={share_dir}", "--users", str(users),
@@ -253,7 +267,7 @@ def start_ferry(tmp: Path, users: Path, mode: str) -> Server:
     ]  # fmt: skip
     if mode == "encrypted":
         args.append("--encrypt")
-    return Server("ferry", port, share_dir, spawn(args, log), log, FERRY_USER)
+    return Server(name, port, share_dir, spawn(args, log, env), log, FERRY_USER)
 
 
 # -- Samba -------------------------------------------------------------------------------------
@@ -388,13 +402,17 @@ def measure(
     get_to_null: bool = False,
 ) -> Results:
     """``warmup`` untimed rounds, then ``repeat`` timed ones; each round is a put and a get on
-    both servers, the first server alternating from round to round. With ``get_to_null`` the
+    every server, the first server rotating from round to round. With ``get_to_null`` the
     timed gets go to /dev/null (the warm-up gets are the ones verified)."""
     warmup, repeat = runs
     results = Results()
     size = files[0].stat().st_size
+    names = list(servers)
     for run in range(warmup + repeat):
-        order = SERVERS if run % 2 == 0 else SERVERS[::-1]
+        if len(names) == 2:
+            order = names if run % 2 == 0 else names[::-1]
+        else:
+            order = names[run % len(names) :] + names[: run % len(names)]
         label = f"warm-up {run + 1}/{warmup}" if run < warmup else f"run {run - warmup + 1}/{repeat}"
         for name in order:
             for op in OPS:
@@ -489,17 +507,20 @@ def machine() -> dict[str, str]:
     }
 
 
-def tables(results: Results, size: int, modes: Sequence[str]) -> tuple[str, str]:
+def tables(
+    results: Results, size: int, modes: Sequence[str], other: str = "samba", label: str = "Samba"
+) -> tuple[str, str]:
+    """Ferry against ``other`` (Samba's smbd, or the --baseline server): the text and Markdown tables."""
     rows = []
     for mode in modes:
         for op in OPS:
             ferry = results.rate(size, mode, op, "ferry")
-            samba = results.rate(size, mode, op, "samba")
+            theirs = results.rate(size, mode, op, other)
             ferry_cpu = results.cpu_seconds(mode, op, "ferry")
-            samba_cpu = results.cpu_seconds(mode, op, "samba")
-            rates = (f"{ferry:.1f}", f"{samba:.1f}", f"{ferry / samba:.2f}")
-            rows.append((mode, op, *rates, f"{ferry_cpu:.2f}", f"{samba_cpu:.2f}"))
-    header = ("mode", "op", "Ferry MB/s", "Samba MB/s", "Ferry/Samba", "Ferry CPU s", "Samba CPU s")
+            their_cpu = results.cpu_seconds(mode, op, other)
+            rates = (f"{ferry:.1f}", f"{theirs:.1f}", f"{ferry / theirs:.2f}")
+            rows.append((mode, op, *rates, f"{ferry_cpu:.2f}", f"{their_cpu:.2f}"))
+    header = ("mode", "op", "Ferry MB/s", f"{label} MB/s", f"Ferry/{label}", "Ferry CPU s", f"{label} CPU s")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     text = "\n".join(
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -549,6 +570,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--py-spy", metavar="PATH", help="also profile Ferry's server with this py-spy for one put and get"
     )
     p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run Ferry's server from the checkout in DIR (libs/ and cli/ of another revision) "
+        "in the same rounds, and compare Ferry with it",
+    )
+    p.add_argument(
         "--get-to-null",
         action="store_true",
         help="timed gets write to /dev/null, so that the client's own file writes (page cache) are "
@@ -561,6 +589,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--warmup must be 0 or more")
     if args.get_to_null and args.warmup < 1:
         p.error("--get-to-null needs a warm-up round (its gets are the verified ones)")
+    if args.baseline is not None and not (args.baseline / "libs" / "smbcore" / "smbcore").is_dir():
+        p.error(f"--baseline {args.baseline}: no libs/smbcore/smbcore there")
     return args
 
 
@@ -573,25 +603,23 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     prepare_samba(tmp)
     results = Results()
     for mode in modes:
-        print(f"{mode}: starting both servers", flush=True)
-        with (
-            running(start_ferry(tmp, users, mode)) as ferry,
-            running(start_samba(tmp, args.smbd, mode)) as samba,
-        ):
-            print(f"  ferry on port {ferry.port}, samba on port {samba.port}", flush=True)
+        print(f"{mode}: starting the servers", flush=True)
+        with contextlib.ExitStack() as stack:
+            servers = {
+                "ferry": stack.enter_context(running(start_ferry(tmp, users, mode))),
+                "samba": stack.enter_context(running(start_samba(tmp, args.smbd, mode))),
+            }
+            if args.baseline is not None:
+                servers[BASELINE] = stack.enter_context(running(start_ferry(tmp, users, mode, args.baseline)))
+            print("  " + ", ".join(f"{name} on port {s.port}" for name, s in servers.items()), flush=True)
             measured = measure(
-                args.smbclient,
-                {"ferry": ferry, "samba": samba},
-                mode,
-                (args.warmup, args.repeat),
-                files,
-                get_to_null=args.get_to_null,
+                args.smbclient, servers, mode, (args.warmup, args.repeat), files, get_to_null=args.get_to_null
             )
             results.times.update(measured.times)
             results.cpu.update(measured.cpu)
             if args.py_spy:
-                profile(args.py_spy, args.smbclient, ferry, mode, files)
-        for server in (ferry, samba):
+                profile(args.py_spy, args.smbclient, servers["ferry"], mode, files)
+        for server in servers.values():
             (server.share_dir / REMOTE_NAME).unlink(missing_ok=True)
     return results
 
@@ -641,6 +669,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "MB = 10^6 bytes; CPU s = the server's CPU time per transfer.\n"
     )
     print(markdown)
+    if args.baseline is not None:
+        text, markdown = tables(results, args.size, args.mode or list(MODES), BASELINE, "Base")
+        print(f"\nFerry against the baseline ({args.baseline}), same rounds:\n")
+        print(text)
+        print("\nmarkdown:\n")
+        print(markdown)
     return 0
 
 
