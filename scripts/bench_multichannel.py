@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import hashlib
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -48,6 +45,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchlib import machine, make_random_file, sha256  # noqa: E402  (scripts/, next to this one)
 
 from tests.support.multihost import (  # noqa: E402  (the test hosts live with the tests)
     Counters,
@@ -120,33 +119,6 @@ def parse_links(text: str) -> list[int]:
     if not links or any(not 1 <= n <= 16 for n in links):
         raise argparse.ArgumentTypeError("link counts must be 1..16")
     return links
-
-
-def sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def make_random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("wb") as f:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(16 * MIB, remaining))
-            f.write(chunk)
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
-
-
-def command_output(args: Sequence[str]) -> str:
-    try:
-        result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
-    except OSError as exc:
-        return f"unavailable ({exc.strerror})"
-    return (
-        (result.stdout or result.stderr).strip().splitlines()[0] if (result.stdout or result.stderr) else ""
-    )
 
 
 @dataclass(frozen=True)
@@ -259,31 +231,6 @@ def tables(rows: Sequence[Row], size: int) -> tuple[str, str]:
         ]
     )
     return text, markdown
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    head = command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "libs", "cli"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "smbd": command_output(["smbd", "-V"]),
-        "smbclient": command_output(["smbclient", "--version"]),
-        "ferry": f"{head}{' + uncommitted changes in libs/ or cli/' if dirty else ''}",
-    }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

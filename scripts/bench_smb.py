@@ -38,10 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
-import hashlib
 import os
-import platform
 import re
 import shutil
 import signal
@@ -54,6 +51,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import benchlib
+from benchlib import make_random_file, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 FERRY = ROOT / ".venv" / "bin" / "ferry"
@@ -69,7 +69,6 @@ BASELINE = "base"  # --baseline: Ferry's server from another checkout
 BASELINE_PACKAGES = ("libs/smbcore", "cli", "libs/runtime", "libs/hostnet")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-CHUNK = 16 << 20
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -137,24 +136,11 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def command_output(args: Sequence[str]) -> str:
-    try:
-        result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=30)
-    except OSError as exc:
-        return f"unavailable ({exc.strerror})"
-    return (result.stdout or result.stderr).strip()
 
 
 CPU_SETTLE = 0.2  # seconds for smbd's per-connection child to exit and be reaped
@@ -175,18 +161,6 @@ def group_cpu_seconds(pgid: int) -> float:
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def make_random_file(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("wb") as f:
-        remaining = size
-        while remaining:
-            chunk = os.urandom(min(CHUNK, remaining))
-            f.write(chunk)
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.hexdigest()
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -485,26 +459,7 @@ def profile(py_spy: str, client: str, server: Server, mode: str, files: tuple[Pa
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    head = command_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = command_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "libs", "cli"])
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "host": platform.node(),
-        "cpus": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "smbd": command_output(["smbd", "-V"]),
-        "smbclient": command_output(["smbclient", "--version"]),
-        "ferry": f"{head}{' + uncommitted changes in libs/ or cli/' if dirty else ''}",
-        "load": load_average(),
-    }
+    return {**benchlib.machine(), "load": load_average()}
 
 
 def tables(
