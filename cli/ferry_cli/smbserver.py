@@ -102,12 +102,20 @@ async def serve(args: argparse.Namespace) -> int:
         users = UserDatabase(args.users)
     except UserDatabaseError as exc:
         raise CliError(str(exc), 2) from None
-    if not users.users():
-        raise CliError(f"{args.users} has no users; add one with `ferry smbserver user add`", 2)
     shares = {s.name: s for s in args.share}
-    shares["IPC$"] = Share("IPC$", ShareType.PIPE)
-    if args.encrypt:
-        shares = {name: dataclasses.replace(s, encrypt=True) for name, s in shares.items()}
+    guests = {name.lower() for name in args.guest}
+    if unknown := guests - {name.lower() for name in shares}:
+        raise CliError(f"--guest names no --share: {', '.join(sorted(unknown))}", 2)
+    if guests and args.encrypt:
+        raise CliError("--guest and --encrypt exclude each other: guest sessions have no key", 2)
+    if not users.users() and not guests:
+        raise CliError(f"{args.users} has no users; add one with `ferry smbserver user add`", 2)
+    shares = {
+        n: dataclasses.replace(s, guest_ok=n.lower() in guests, encrypt=args.encrypt)
+        for n, s in shares.items()
+    }
+    # With a guest share, IPC$ takes null sessions too, so `smbclient -L -N` lists the shares.
+    shares["IPC$"] = Share("IPC$", ShareType.PIPE, encrypt=args.encrypt, guest_ok=bool(guests))
     interfaces = list(args.interface)
     refresher: asyncio.Task[None] | None = None
     if not interfaces:
@@ -126,7 +134,7 @@ async def serve(args: argparse.Namespace) -> int:
         refresher = asyncio.create_task(refresh())
     settings = ServerSettings(
         shares=shares,
-        authenticator_factory=lambda: ServerAuthenticator(users),
+        authenticator_factory=lambda: ServerAuthenticator(users, allow_guests=bool(guests)),
         initial_token=ServerAuthenticator.initial_token(),
         policy=ServerPolicy(encrypt_all=args.encrypt),
         interfaces=lambda: list(interfaces),
@@ -144,7 +152,11 @@ async def serve(args: argparse.Namespace) -> int:
     for address in addresses:
         print(
             f"serving SMB on {address[0]}:{address[1]}: "
-            + ", ".join(f"{s.name}={s.path}" for s in args.share)
+            + ", ".join(
+                f"{s.name}={s.path}{' (guests allowed)' if s.guest_ok else ''}"
+                for s in shares.values()
+                if s.path
+            )
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -196,6 +208,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("--users", type=Path, required=True, help="user database (see `ferry smbserver user`)")
     s.add_argument("--encrypt", action="store_true", help="require encryption for every share")
+    s.add_argument(
+        "--guest",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="let anonymous and guest sessions (no password, nothing signed) connect to share NAME",
+    )
     s.add_argument(
         "--interface",
         type=parse_interface,

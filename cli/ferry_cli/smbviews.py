@@ -77,6 +77,8 @@ def render_sessions(body: dict[str, Any], console: Console) -> None:
         table.add_column(column, overflow="fold")
     for s in body["sessions"]:
         user = f"{s['domain']}\\{s['user']}" if s.get("domain") else (s.get("user") or "-")
+        if s.get("kind") in ("anonymous", "guest"):
+            user = f"({s['kind']})"
         signing = f"{s['signing_algorithm']}{' (required)' if s['signing_required'] else ''}"
         encryption = (
             s["cipher"] if s["encrypt_data"] and s["cipher"] else "per share" if s["cipher"] else "no"
@@ -108,7 +110,8 @@ def render_shares(body: dict[str, Any], console: Console) -> None:
             s.get("path") or "-",
             _yes(s["hidden"]),
             _yes(s["encrypt"]),
-            ", ".join(s["users"]) if s.get("users") is not None else "everyone",
+            (", ".join(s["users"]) if s.get("users") is not None else "everyone")
+            + (", guests" if s.get("guest_ok") else ""),
             str(s["trees"]),
             str(s["opens"]),
             f"{lease['source']} {lease['migration_id']}, {max(0.0, lease['expires_at'] - now):.0f} s left"

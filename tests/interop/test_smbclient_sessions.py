@@ -54,6 +54,9 @@ def test_encrypted_share(server: RunningServer) -> None:
         ("data", "mallory", "x", "NT_STATUS_LOGON_FAILURE"),
         ("nosuchshare", USER, PASSWORD, "NT_STATUS_BAD_NETWORK_NAME"),
         ("alice_only", "bob", "Batt3ry-Staple", "NT_STATUS_ACCESS_DENIED"),
+        # No share allows guests here: anonymous and guest logons fail at SESSION_SETUP.
+        ("data", "", "", "NT_STATUS_LOGON_FAILURE"),
+        ("data", "guest", "", "NT_STATUS_LOGON_FAILURE"),
     ],
 )
 def test_refusals(server: RunningServer, share: str, user: str, password: str, status: str) -> None:

@@ -84,6 +84,8 @@ def test_serve_then_connect(tmp_path: Path) -> None:
         (["--share", "data"], "expected NAME=PATH"),
         (["--share", "data=/tmp", "--listen", "nope"], "expected HOST:PORT"),
         (["--share", "data=/tmp", "--interface", "not-an-ip"], "not an IP address"),
+        (["--share", "data=/tmp", "--guest", "pub"], "--guest names no --share: pub"),
+        (["--share", "pub=/tmp", "--guest", "pub", "--encrypt"], "exclude each other"),
     ],
 )
 def test_serve_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
@@ -94,3 +96,29 @@ def test_serve_bad_arguments(tmp_path: Path, args: list[str], message: str) -> N
 def test_serve_without_users(tmp_path: Path) -> None:
     result = ferry("smbserver", "serve", "--users", str(tmp_path / "u.db"), "--share", f"d={tmp_path}")
     assert result.returncode == 2 and "has no users" in result.stderr
+
+
+def test_serve_a_guest_share_without_users(tmp_path: Path) -> None:
+    """Like `smbd -F` with `guest ok`: a quick public share, no accounts needed."""
+    (tmp_path / "pub").mkdir()
+    (tmp_path / "pub" / "hello.txt").write_text("hello\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [FERRY, "smbserver", "serve", "--listen", f"127.0.0.1:{port}", "--share", f"pub={tmp_path / 'pub'}",
+         "--users", str(tmp_path / "none.db"), "--guest", "pub", "--interface", "127.0.0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_port("127.0.0.1", port)
+        got = subprocess.run(
+            ["smbclient", "//127.0.0.1/pub", "-p", str(port), "-N", "--configfile=/dev/null", "-m", "SMB3",
+             "-c", f"get hello.txt {tmp_path / 'got.txt'}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert (tmp_path / "got.txt").read_text() == "hello\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "pub=" in out and "(guests allowed)" in out

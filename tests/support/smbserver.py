@@ -41,24 +41,32 @@ def smb_server(
     shares: dict[str, Share] | None = None,
     interfaces: list[NetworkInterfaceInfo] | None = None,
     host: str = "127.0.0.1",
+    guests: bool = False,
 ) -> Iterator[RunningServer]:
+    """The default shares are ``data``, ``secret`` (encrypted), ``alice_only`` and IPC$; with
+    ``guests``, also ``pub``, which anonymous and guest sessions may use (as may IPC$)."""
     users = UserDatabase(tmp / "users.db")
     users.add_user(USER, PASSWORD)
     users.add_user(OTHER_USER, OTHER_PASSWORD)
     if shares is None:
-        for name in ("data", "secret", "alice_only"):
+        for name in ("data", "secret", "alice_only", "pub"):
             (tmp / name).mkdir(exist_ok=True)
         shares = {
             "data": Share("data", path=str(tmp / "data")),
-            "IPC$": Share("IPC$", ShareType.PIPE),
+            "IPC$": Share("IPC$", ShareType.PIPE, guest_ok=guests),
             "secret": Share("secret", encrypt=True, path=str(tmp / "secret")),
             "alice_only": Share("alice_only", users=frozenset({USER}), path=str(tmp / "alice_only")),
         }
+        if guests:
+            shares["pub"] = Share("pub", path=str(tmp / "pub"), guest_ok=True)
     table = shares  # the live share list: srvsvc lists what is in it at each call
     pipes = PipeService(lambda: list(table.values()), server_name="FERRYTEST")
     settings = ServerSettings(
         shares=table,
-        authenticator_factory=lambda: ServerAuthenticator(users),
+        # Anonymous and guest logons only while some share allows them, as `ferry smbserver serve` does.
+        authenticator_factory=lambda: ServerAuthenticator(
+            users, allow_guests=any(s.guest_ok for s in table.values())
+        ),
         initial_token=ServerAuthenticator.initial_token(),
         policy=policy or ServerPolicy(),
         interfaces=lambda: list(interfaces or []),

@@ -155,8 +155,9 @@ def run_suite(server: RunningServer, suite: Suite, smbtorture: str, cwd: Path) -
 
 @contextmanager
 def ferry_server(tmp: Path) -> Iterator[RunningServer]:
-    """Ferry's server as the smbtorture runs expect it: share ``data``, user alice, interfaces."""
-    with smb_server(tmp, interfaces=INTERFACES) as server:
+    """Ferry's server as the smbtorture runs expect it: share ``data``, user alice, interfaces,
+    and a guest share (smb2.session.reauth2 re-authenticates as anonymous)."""
+    with smb_server(tmp, interfaces=INTERFACES, guests=True) as server:
         yield server
 
 

@@ -243,9 +243,9 @@ def anonymous_authenticate(challenge_token: bytes) -> bytes:
 
 @pytest.mark.parametrize("wrap", [False, True])
 @pytest.mark.parametrize("allow", [False, True])
-def test_anonymous_is_refused_unless_allowed(users: UserDatabase, wrap: bool, allow: bool) -> None:
+def test_anonymous_is_refused_unless_guests_are_allowed(users: UserDatabase, wrap: bool, allow: bool) -> None:
     ntlm = spnego.client("alice", PASSWORD, protocol="ntlm")
-    server = ServerAuthenticator(users, allow_anonymous=allow)
+    server = ServerAuthenticator(users, allow_guests=allow)
     negotiate = ntlm.step() or b""
     first = NegTokenInit([NTLMSSP_OID], mech_token=negotiate).pack() if wrap else negotiate
     anonymous = anonymous_authenticate(server.step(first).out_token)
@@ -256,13 +256,66 @@ def test_anonymous_is_refused_unless_allowed(users: UserDatabase, wrap: bool, al
         assert info.value.status == NTStatus.LOGON_FAILURE
         return
     result = server.step(token)
-    assert result.complete and result.anonymous and server.complete
+    assert result.complete and result.anonymous and not result.guest and server.complete
     assert result.user is None and result.session_key is None
     if wrap:
         final = unpack_token(result.out_token)
         assert isinstance(final, NegTokenResp) and final.neg_state == NegState.accept_complete
+        assert final.mech_list_mic is None  # an anonymous logon has no key to make one with
     else:
         assert result.out_token == b""
+
+
+@pytest.mark.parametrize("password", ["", "anything at all"])
+@pytest.mark.parametrize("allow", [False, True])
+def test_guest_account_is_refused_unless_guests_are_allowed(
+    users: UserDatabase, password: str, allow: bool
+) -> None:
+    client = ClientAuthenticator("GUEST", password)
+    server = ServerAuthenticator(users, allow_guests=allow)
+    if not allow:
+        with pytest.raises(AuthenticationError) as info:
+            exchange(server, client.step)
+        assert info.value.status == NTStatus.LOGON_FAILURE
+        return
+    token = client.step(None)
+    result = server.step(token)
+    result = server.step(client.step(result.out_token))
+    assert result.complete and result.guest and not result.anonymous
+    assert result.user == "Guest" and result.domain is None and result.session_key is None
+    final = unpack_token(result.out_token)
+    assert isinstance(final, NegTokenResp) and final.neg_state == NegState.accept_complete
+    assert final.mech_list_mic is None
+
+
+def test_a_guest_account_in_the_database_is_an_ordinary_user(users: UserDatabase) -> None:
+    users.add_user("guest", "Gu3st-pw")
+    server = ServerAuthenticator(users, allow_guests=True)
+    result = exchange(server, ClientAuthenticator("guest", "Gu3st-pw").step)
+    assert not result.guest and result.user == "guest" and result.session_key is not None
+    with pytest.raises(AuthenticationError) as info:
+        exchange(ServerAuthenticator(users, allow_guests=True), ClientAuthenticator("guest", "x").step)
+    assert info.value.status == NTStatus.LOGON_FAILURE
+
+
+def test_unknown_users_never_become_guests(users: UserDatabase) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        exchange(ServerAuthenticator(users, allow_guests=True), ClientAuthenticator("mallory", "x").step)
+    assert info.value.status == NTStatus.LOGON_FAILURE
+
+
+def test_no_request_mic_when_the_client_first_offers_ntlm(users: UserDatabase) -> None:
+    """RFC 4178 4.2.2: request-mic only when the chosen mechanism is not the client's first.
+    (Samba's client, told request-mic, then wants a mechListMIC an anonymous logon cannot make.)"""
+    negotiate = spnego.client("alice", PASSWORD, protocol="ntlm").step() or b""
+    first = NegTokenInit([NTLMSSP_OID], mech_token=negotiate).pack()
+    reply = unpack_token(ServerAuthenticator(users).step(first).out_token)
+    assert isinstance(reply, NegTokenResp) and reply.neg_state == NegState.accept_incomplete
+    assert reply.supported_mech == NTLMSSP_OID
+    # Kerberos first (a domain client): NTLM was not its first choice, so the MIC is asked for.
+    first = NegTokenInit([KERBEROS_OID, NTLMSSP_OID]).pack()
+    reply = unpack_token(ServerAuthenticator(users).step(first).out_token)
+    assert isinstance(reply, NegTokenResp) and reply.neg_state == NegState.request_mic
 
 
 def test_tampered_mech_list_mic_is_logon_failure(users: UserDatabase) -> None:
@@ -570,3 +623,28 @@ def _no_env_leak() -> Iterator[None]:
     before = {k: os.environ.get(k) for k in ("NTLM_USER_FILE", "LM_COMPAT_LEVEL")}
     yield
     assert {k: os.environ.get(k) for k in before} == before
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"\x01\x01" + bytes(26),  # the header alone: no AV pairs, no MsvAvEOL
+        b"\x02\x02" + bytes(30),  # RespType 2
+        b"\x01\x01" + bytes(26) + b"\x11\xa2\x08\x81" + bytes(60),  # a pair longer than the blob
+        b"\x01\x01" + bytes(26) + b"\x01\x00\x04\x00VM",  # a pair cut short, no MsvAvEOL
+    ],
+)
+def test_malformed_ntlmv2_blob_is_invalid_parameter(users: UserDatabase, blob: bytes) -> None:
+    """smbtorture's smb2.session.ntlmssp_bug14932: a malformed NTLMv2_CLIENT_CHALLENGE is
+    INVALID_PARAMETER (as on Windows), not LOGON_FAILURE."""
+    client = spnego.client("alice", PASSWORD, protocol="ntlm")
+    server = ServerAuthenticator(users)
+    challenge = server.step(client.step() or b"").out_token
+    sent = Authenticate.unpack(client.step(challenge) or b"")
+    forged = Authenticate(
+        sent.flags, b"", bytes(16) + blob, sent.domain_name, sent.user_name, sent.workstation,
+        sent.encrypted_random_session_key,
+    ).pack()  # fmt: skip
+    with pytest.raises(AuthenticationError) as info:
+        server.step(forged)
+    assert info.value.status == NTStatus.INVALID_PARAMETER

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import spnego
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smbcore import crypto
@@ -23,7 +24,15 @@ from smbcore.ioctl import (
     decode_interfaces,
     decode_ioctl_response,
 )
-from smbcore.messages import EMPTY4, SessionSetupRequest, SessionSetupResponse, ShareType, TreeConnectRequest
+from smbcore.messages import (
+    EMPTY4,
+    SessionFlags,
+    SessionSetupFlags,
+    SessionSetupRequest,
+    SessionSetupResponse,
+    ShareType,
+    TreeConnectRequest,
+)
 from smbcore.negotiate import (
     Capabilities,
     Dialect,
@@ -36,6 +45,7 @@ from smbcore.negotiate import (
 )
 from smbcore.ntstatus import NTStatus
 from smbcore.server import ServerConnection, ServerIdentity, ServerPolicy, Share
+from spnego._ntlm_raw.messages import Authenticate, Challenge, NegotiateFlags
 
 GUID = bytes(range(16))
 INTERFACES = [
@@ -130,7 +140,11 @@ class MiniClient:
             if self.dialect == Dialect.SMB_3_1_1:
                 session_hash.update(pdu)
             token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
-        if header.status == NTStatus.SUCCESS:
+        if header.status == NTStatus.SUCCESS and SessionSetupResponse.decode(pdu).session_flags & (
+            SessionFlags.IS_GUEST | SessionFlags.IS_NULL
+        ):
+            assert not header.flags & Flags.SIGNED  # no key: nothing is signed
+        elif header.status == NTStatus.SUCCESS:
             self.keys = crypto.derive_session_keys(
                 auth.session_key,
                 self.dialect,
@@ -142,6 +156,20 @@ class MiniClient:
             assert self.signer.verify(pdu), "final SESSION_SETUP response must verify with the derived key"
         return header, pdu
 
+    def login_anonymous(self, *, sign: bool = False) -> tuple[Header, bytes]:
+        """A null session (MS-NLMP 3.2.5.1.2) over raw NTLMSSP tokens, or (``sign``) the
+        re-authentication of this client's session as one."""
+        negotiate = spnego.client("x", "y", protocol="ntlm").step() or b""
+        request = SessionSetupRequest(0, 1, 0, 0, negotiate).encode()
+        header, pdu = self.send(Command.SESSION_SETUP, request, sign=sign)
+        assert header.status == NTStatus.MORE_PROCESSING_REQUIRED
+        self.session_id = header.session_id
+        challenge = Challenge.unpack(SessionSetupResponse.decode(pdu).security_buffer)
+        anonymous = Authenticate(challenge.flags | NegotiateFlags.anonymous, b"\x00", None).pack()
+        return self.send(
+            Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, anonymous).encode(), sign=sign
+        )
+
 
 @pytest.fixture
 def users(tmp_path: Path) -> UserDatabase:
@@ -150,11 +178,14 @@ def users(tmp_path: Path) -> UserDatabase:
     return db
 
 
-def make_server(users: UserDatabase, **kwargs: object) -> ServerConnection:
+def make_server(users: UserDatabase, *, guests: bool = False, **kwargs: object) -> ServerConnection:
+    shares = {"data": Share("data"), "IPC$": Share("IPC$", ShareType.PIPE, guest_ok=guests)}
+    if guests:
+        shares["pub"] = Share("pub", guest_ok=True)
     return ServerConnection(
         identity=ServerIdentity(b"S" * 16),
-        shares={"data": Share("data"), "IPC$": Share("IPC$", ShareType.PIPE)},
-        authenticator_factory=lambda: ServerAuthenticator(users),
+        shares=shares,
+        authenticator_factory=lambda: ServerAuthenticator(users, allow_guests=guests),
         initial_token=ServerAuthenticator.initial_token(),
         interfaces=lambda: INTERFACES,
         **kwargs,  # type: ignore[arg-type]
@@ -328,6 +359,97 @@ def test_reauthentication_keeps_the_session_and_its_keys(users: UserDatabase) ->
         token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
     assert header.status == NTStatus.LOGON_FAILURE and signer.verify(pdu)
     assert client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.USER_SESSION_DELETED
+
+
+def tree_connect(client: MiniClient, share: str, *, sign: bool = False) -> Header:
+    return client.send(Command.TREE_CONNECT, TreeConnectRequest(0, rf"\\server\{share}").encode(), sign=sign)[
+        0
+    ]
+
+
+@pytest.mark.parametrize("kind", ["anonymous", "guest"])
+def test_guest_and_anonymous_sessions_reach_only_guest_shares(users: UserDatabase, kind: str) -> None:
+    client = MiniClient(make_server(users, guests=True))
+    client.negotiate()
+    header, pdu = client.login_anonymous() if kind == "anonymous" else client.login("Guest", "whatever")
+    assert header.status == NTStatus.SUCCESS
+    flags = SessionSetupResponse.decode(pdu).session_flags
+    assert flags == (SessionFlags.IS_NULL if kind == "anonymous" else SessionFlags.IS_GUEST)
+    # Unsigned requests and responses: the session has no key.
+    header, _ = client.send(Command.ECHO, EMPTY4)
+    assert header.status == NTStatus.SUCCESS and not header.flags & Flags.SIGNED
+    assert tree_connect(client, "data").status == NTStatus.ACCESS_DENIED
+    assert tree_connect(client, "pub").status == NTStatus.SUCCESS
+    assert tree_connect(client, "IPC$").status == NTStatus.SUCCESS
+    # A request claiming a signature cannot be checked: refused, and the session stays.
+    client.signer = crypto.make_signer(crypto.SigningAlgorithm.AES_CMAC, b"k" * 16)
+    assert client.send(Command.ECHO, EMPTY4, sign=True)[0].status == NTStatus.ACCESS_DENIED
+    assert client.send(Command.ECHO, EMPTY4)[0].status == NTStatus.SUCCESS
+
+
+def test_guests_are_refused_at_logon_when_no_share_allows_them(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    assert client.login_anonymous()[0].status == NTStatus.LOGON_FAILURE
+    client = MiniClient(make_server(users))
+    client.negotiate()
+    assert client.login("guest", "")[0].status == NTStatus.LOGON_FAILURE
+
+
+def test_guests_are_refused_when_every_session_is_encrypted(users: UserDatabase) -> None:
+    client = MiniClient(make_server(users, guests=True, policy=ServerPolicy(encrypt_all=True)))
+    client.negotiate()
+    header, _ = client.login_anonymous()
+    assert header.status == NTStatus.ACCESS_DENIED
+    assert client.send(Command.ECHO, EMPTY4)[0].status == NTStatus.USER_SESSION_DELETED
+
+
+def test_a_share_cannot_both_allow_guests_and_require_encryption() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        Share("pub", guest_ok=True, encrypt=True)
+
+
+def test_a_user_session_may_become_anonymous_but_not_the_reverse(users: UserDatabase) -> None:
+    """As on Windows (smbtorture's smb2.session.reauth2): re-authenticating as anonymous drops the
+    user's rights and keeps the session's keys; a null session has none, so it cannot become a
+    user's."""
+    client = MiniClient(make_server(users, guests=True))
+    client.negotiate()
+    client.login("alice", "Pa55-word!")
+    assert client.login_anonymous(sign=True)[0].status == NTStatus.SUCCESS
+    header, pdu = client.send(Command.ECHO, EMPTY4, sign=True)  # still signed, with the same key
+    assert header.status == NTStatus.SUCCESS and client.signer is not None and client.signer.verify(pdu)
+    assert tree_connect(client, "data", sign=True).status == NTStatus.ACCESS_DENIED
+    assert tree_connect(client, "pub", sign=True).status == NTStatus.SUCCESS
+
+    client = MiniClient(make_server(users, guests=True))
+    client.negotiate()
+    client.login_anonymous()
+    auth = ClientAuthenticator("alice", "Pa55-word!")
+    header, pdu = client.send(
+        Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, auth.step(None)).encode()
+    )
+    token = auth.step(SessionSetupResponse.decode(pdu).security_buffer)
+    header, _ = client.send(Command.SESSION_SETUP, SessionSetupRequest(0, 1, 0, 0, token).encode())
+    assert header.status == NTStatus.ACCESS_DENIED
+    assert client.send(Command.ECHO, EMPTY4)[0].status == NTStatus.USER_SESSION_DELETED
+
+
+def test_no_channel_can_be_bound_to_a_guest_session(users: UserDatabase) -> None:
+    server = make_server(users, guests=True)
+    first = MiniClient(server)
+    first.negotiate()
+    first.login_anonymous()
+    second = MiniClient(ServerConnection(
+        identity=ServerIdentity(b"S" * 16), server=server.server,
+        authenticator_factory=lambda: ServerAuthenticator(users, allow_guests=True),
+        initial_token=ServerAuthenticator.initial_token(),
+    ))  # fmt: skip
+    second.negotiate()
+    second.session_id = first.session_id
+    second.signer = crypto.make_signer(second.algorithm, b"k" * 16)
+    binding = SessionSetupRequest(SessionSetupFlags.BINDING, 1, 0, 0, b"x").encode()
+    assert second.send(Command.SESSION_SETUP, binding, sign=True)[0].status == NTStatus.NOT_SUPPORTED
 
 
 @settings(max_examples=200, deadline=None)

@@ -40,7 +40,7 @@ class App:
 async def app(tmp_path: Path) -> AsyncIterator[App]:
     users = UserDatabase(tmp_path / "users.db")
     users.add_user(USER, PASSWORD)
-    for name in ("data", "admin"):
+    for name in ("data", "admin", "pub"):
         (tmp_path / name).mkdir()
     settings = SmbServerSettings.model_validate(
         {
@@ -51,6 +51,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
             "shares": {
                 "data": {"path": str(tmp_path / "data")},
                 "admin$": {"path": str(tmp_path / "admin")},
+                "pub": {"path": str(tmp_path / "pub"), "guest_ok": True},
             },
             "migration": {"allowed_roots": [str(tmp_path / "vms")]},
             "advertise": {"source": "kernel", "include_loopback": True},
@@ -82,14 +83,38 @@ async def metrics(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 async def test_shares_hidden_only_when_asked(app: App) -> None:
     names = [s["name"] for s in (await get(app, "/v1/shares"))["shares"]]
-    assert names == ["data", "IPC$"]
+    assert names == ["data", "IPC$", "pub"]
     shares = {s["name"]: s for s in (await get(app, "/v1/shares?hidden=1"))["shares"]}
-    assert set(shares) == {"admin$", "data", "IPC$"}
+    assert set(shares) == {"admin$", "data", "pub", "IPC$"}
+    assert {n for n, s in shares.items() if s["guest_ok"]} == {"pub", "IPC$"}
     assert shares["admin$"]["hidden"] and not shares["admin$"]["migration"]
     assert shares["data"]["path"] == str(app.data) and shares["data"]["users"] is None
     assert (await get(app, "/v1/shares/ADMIN$"))["name"] == "admin$"
     await get(app, "/v1/shares/nope", 404)
     assert (await get(app, "/v1/migration-shares")) == {"shares": []}
+
+
+async def test_an_anonymous_session_is_shown_as_such(app: App) -> None:
+    smbclient = await asyncio.create_subprocess_exec(
+        "smbclient", "//127.0.0.1/pub", "-p", str(app.smb_port), "-U", "%", "--configfile=/dev/null",
+        "-m", "SMB3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert smbclient.stdin is not None and smbclient.stdout is not None
+    try:
+        for _ in range(100):
+            sessions = (await get(app, "/v1/sessions"))["sessions"]
+            if sessions and sessions[0]["shares"]:
+                break
+            await asyncio.sleep(0.1)
+        (view,) = sessions
+        assert view["kind"] == "anonymous" and view["user"] is None and view["shares"] == ["pub"]
+        assert not view["signing_required"] and not view["encrypt_data"]
+    finally:
+        smbclient.stdin.write(b"exit\n")
+        await smbclient.stdin.drain()
+        output = await asyncio.wait_for(smbclient.stdout.read(), 30)
+        await smbclient.wait()
+    assert smbclient.returncode == 0, output
 
 
 async def test_sessions_channels_and_close(app: App) -> None:
@@ -106,7 +131,7 @@ async def test_sessions_channels_and_close(app: App) -> None:
         assert err.value.status == NTStatus.OBJECT_NAME_NOT_FOUND
 
         (view,) = (await get(app, "/v1/sessions"))["sessions"]
-        assert view["user"] == USER and view["client_address"] == "127.0.0.1"
+        assert view["user"] == USER and view["kind"] == "user" and view["client_address"] == "127.0.0.1"
         assert view["dialect"] == "3.1.1" and view["signing_required"]
         assert view["channels"] == 1 and view["opens"] == 1 and view["shares"] == ["data"]
         assert view["session_id_hex"] == f"0x{view['session_id']:016x}"

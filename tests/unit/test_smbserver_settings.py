@@ -91,6 +91,11 @@ def test_relative_roots_are_relative_to_the_working_directory(
         ("[interfaces.eth0]\nrdma = 'roce'\n", "interfaces.eth0.rdma"),
         ("[advertise]\nsource = 'dhcp'\n", "advertise.source"),
         ("[smb]\nusers = '/proc/self'\n", "smb.users"),
+        (
+            "[shares.pub]\npath = '/tmp'\nguest_ok = true\nencrypt = true\n",
+            "shares.pub: guest_ok and encryption",
+        ),
+        ("[smb]\nencrypt_all = true\n[shares.pub]\npath = '/tmp'\nguest_ok = true\n", "shares.pub: guest_ok"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, toml: str, expected: str) -> None:
@@ -118,6 +123,15 @@ def test_configured_shares(tmp_path: Path) -> None:
     assert shares["admin$"].hidden and shares["admin$"].encrypt
     assert not shares["shown$"].hidden
     assert shares["IPC$"].share_type == ShareType.PIPE and not shares["IPC$"].hidden
+    assert not any(share.guest_ok for share in shares.values())
+
+
+def test_a_guest_share_opens_ipc_to_guests(tmp_path: Path) -> None:
+    settings = SmbServerSettings.model_validate(
+        {"shares": {"pub": {"path": str(tmp_path), "guest_ok": True}, "data": {"path": str(tmp_path)}}}
+    )
+    shares = configured_shares(settings)
+    assert shares["pub"].guest_ok and shares["IPC$"].guest_ok and not shares["data"].guest_ok
 
 
 # -- the migration-share API's messages ---------------------------------------------------------

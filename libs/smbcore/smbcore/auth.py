@@ -8,9 +8,9 @@ around them:
 * :class:`UserDatabase`: the accounts, in an smbpasswd-form file that holds NT hashes only (never a
   password, never an LM hash), loaded and saved atomically.
 * :class:`ServerAuthenticator`: one SESSION_SETUP exchange. It maps every failure to the NTSTATUS the
-  server answers with (:class:`AuthenticationError`), refuses LM, NTLMv1, anonymous and guest logons,
-  and hands over the NTLM *exported session key*, which is SMB's Session.SessionKey (MS-SMB2
-  3.3.5.5.3).
+  server answers with (:class:`AuthenticationError`), refuses LM and NTLMv1 logons, refuses
+  anonymous and guest logons unless told to accept them (for shares that allow them), and hands
+  over the NTLM *exported session key*, which is SMB's Session.SessionKey (MS-SMB2 3.3.5.5.3).
 * :class:`ClientAuthenticator`: the same exchange from Ferry's own client.
 
 How the credentials reach pyspnego
@@ -53,6 +53,7 @@ import spnego
 from spnego import NegotiateOptions
 from spnego._context import ContextProxy, GSSMech
 from spnego._credential import CredentialCache, NTLMHash
+from spnego._negotiate import NegotiateProxy
 from spnego._ntlm import NTLMProxy, _NTLMCredential
 from spnego._ntlm_raw.crypto import hmac_md5, ntowfv2, rc4k
 from spnego._ntlm_raw.md4 import md4
@@ -107,15 +108,17 @@ _LM_COMPAT_VAR: Final = "LM_COMPAT_LEVEL"
 _NTLMV2_ONLY: Final = "5"
 #: SPNEGO/NTLM needs at most 3 client tokens (4 with a separate mechListMIC round); allow slack.
 MAX_ROUNDS: Final = 6
+#: The account name of guest logons (compared case-insensitively), when the database lacks it.
+GUEST_ACCOUNT: Final = "guest"
 
 
 class AuthenticationError(SMBProtocolError):
     """An authentication exchange failed; :attr:`status` is the NTSTATUS to answer SESSION_SETUP with.
 
-    ``STATUS_LOGON_FAILURE`` for a wrong password, unknown or disabled user, refused anonymous, LM or
-    NTLMv1 logon; ``STATUS_INVALID_PARAMETER`` for a malformed token or one without a common
-    mechanism. On the client side, ``STATUS_INVALID_NETWORK_RESPONSE`` for a server token that is
-    malformed or fails verification.
+    ``STATUS_LOGON_FAILURE`` for a wrong password, unknown or disabled user, refused anonymous or
+    guest logon, LM or NTLMv1 logon; ``STATUS_INVALID_PARAMETER`` for a malformed token or one
+    without a common mechanism. On the client side, ``STATUS_INVALID_NETWORK_RESPONSE`` for a
+    server token that is malformed or fails verification.
     """
 
     def __init__(self, status: int, message: str | None = None) -> None:
@@ -512,8 +515,14 @@ class AuthStep:
     STATUS_MORE_PROCESSING_REQUIRED while ``complete`` is false, with STATUS_SUCCESS once it is
     true (it may be empty then, for raw NTLMSSP). When complete, ``user`` is the account name as
     stored in the database, ``domain`` the domain the client sent (``None`` if empty), and
-    ``session_key`` the 16-byte NTLM exported session key, or ``None`` for an anonymous session.
-    ``guest`` is always false: Ferry never maps a failed logon to a guest account.
+    ``session_key`` the 16-byte NTLM exported session key, or ``None`` for an anonymous or guest
+    session.
+
+    ``anonymous``: a null session (MS-NLMP 3.2.5.1.2: empty user name and responses).
+    ``guest``: a logon as ``guest`` (any password) where the user database has no such account; it
+    is who the client says, never what a failed logon becomes (Ferry maps no failure to guest).
+    A guest session's ``user`` is ``Guest``, whatever domain the client named.
+    Neither has a key a server could trust, so such sessions are neither signed nor encrypted.
     """
 
     out_token: bytes
@@ -523,6 +532,25 @@ class AuthStep:
     session_key: bytes | None = field(default=None, repr=False)
     anonymous: bool = False
     guest: bool = False
+
+
+#: NTLMv2_CLIENT_CHALLENGE (MS-NLMP 2.2.2.7) up to its AvPairs: RespType, HiRespType, reserved,
+#: TimeStamp, ChallengeFromClient, reserved.
+_NTLMV2_BLOB_HEADER: Final = 28
+
+
+def _well_formed_ntlmv2_blob(blob: bytes) -> bool:
+    """True if ``blob`` has NTLMv2_CLIENT_CHALLENGE's header and an AV_PAIR list that ends in
+    MsvAvEOL inside it (what follows the EOL is not looked at, as Windows does not)."""
+    if len(blob) < _NTLMV2_BLOB_HEADER or blob[0] != 1 or blob[1] != 1:
+        return False
+    offset = _NTLMV2_BLOB_HEADER
+    while offset + 4 <= len(blob):
+        av_id, av_len = struct.unpack_from("<HH", blob, offset)
+        if av_id == 0:  # MsvAvEOL
+            return True
+        offset += 4 + av_len
+    return False
 
 
 def _ntlm_message_type(token: bytes) -> int | None:
@@ -537,12 +565,13 @@ class ServerAuthenticator:
 
     Feed every client security buffer to :meth:`step`. Failures raise :class:`AuthenticationError`
     carrying the status to answer; the exchange is then over, as is the session. Anonymous logons
-    (empty user name and responses) are refused unless ``allow_anonymous``; guest logons always are.
+    and guest logons (see :class:`AuthStep`) are refused unless ``allow_guests``: pass it when some
+    share allows them, and refuse them per share at TREE_CONNECT.
     """
 
-    def __init__(self, users: UserDatabase, *, allow_anonymous: bool = False) -> None:
+    def __init__(self, users: UserDatabase, *, allow_guests: bool = False) -> None:
         self._users = users
-        self._allow_anonymous = allow_anonymous
+        self._allow_guests = allow_guests
         self._context: ContextProxy | None = None
         self._spnego: bool | None = None
         self._steps = 0
@@ -646,19 +675,18 @@ class ServerAuthenticator:
         lm_response = message.lm_challenge_response or b""
         self._authenticating = True
 
-        if not user and not nt_response and lm_response in (b"", b"\x00"):
-            # MS-NLMP 3.2.5.1.2: anonymous. pyspnego's acceptor does not implement it.
-            if not self._allow_anonymous:
-                raise AuthenticationError(NTStatus.LOGON_FAILURE, "anonymous logon refused")
-            log.info("SMB anonymous logon accepted")
-            out = NegTokenResp(neg_state=NegState.accept_complete).pack() if self._spnego else b""
-            return AuthStep(out_token=out, complete=True, anonymous=True)
+        anonymous = not user and not nt_response and lm_response in (b"", b"\x00")
+        if anonymous or (user.lower() == GUEST_ACCOUNT and self._users.get(user) is None):
+            return self._guest_or_anonymous(anonymous=anonymous)
         if not user:
             raise AuthenticationError(NTStatus.LOGON_FAILURE, "empty user name")
         if len(nt_response) <= _NTLMV1_RESPONSE_SIZE:
             raise AuthenticationError(
                 NTStatus.LOGON_FAILURE, f"{user!r}: LM and NTLMv1 responses are refused"
             )
+        if not _well_formed_ntlmv2_blob(nt_response[16:]):
+            # Samba bug 14932: Windows answers a malformed blob so, whatever the password.
+            raise AuthenticationError(NTStatus.INVALID_PARAMETER, f"{user!r}: malformed NTLMv2 response")
 
         try:
             self._users.refresh()
@@ -684,6 +712,19 @@ class ServerAuthenticator:
             return AuthStep(out_token=out, complete=False)
         return self._completed(out)
 
+    def _guest_or_anonymous(self, *, anonymous: bool) -> AuthStep:
+        """MS-NLMP 3.2.5.1.2's anonymous logon (pyspnego's acceptor does not implement it), or
+        the guest account. No key comes out that the server could check, so no mechListMIC is
+        checked or sent: the final token is a bare accept-completed, as Samba and Windows send."""
+        kind = "anonymous" if anonymous else "guest"
+        if not self._allow_guests:
+            raise AuthenticationError(NTStatus.LOGON_FAILURE, f"{kind} logon refused: no share allows it")
+        log.info("SMB %s logon accepted", kind)
+        out = NegTokenResp(neg_state=NegState.accept_complete).pack() if self._spnego else b""
+        if anonymous:
+            return AuthStep(out_token=out, complete=True, anonymous=True)
+        return AuthStep(out_token=out, complete=True, user="Guest", guest=True)
+
     def _completed(self, out: bytes) -> AuthStep:
         assert self._context is not None
         session_key = self._context.session_key
@@ -704,13 +745,27 @@ class ServerAuthenticator:
                 # Pin the SPNEGO layer to pyspnego's own NTLM acceptor, so an installed
                 # python-gssapi can neither add Kerberos nor replace the NTLM implementation.
                 ntlm = _NTLMv2Acceptor(usage="accept", options=NegotiateOptions.use_ntlm)
-                self._context = spnego.server(
+                self._context = _NTLMOnlyNegotiate(
+                    usage="accept",
                     protocol="negotiate",
                     options=NegotiateOptions.use_negotiate,
                     _negotiate_contexts={GSSMech.ntlm: ntlm},
                 )
             out = self._context.step(token)
         return out or b""
+
+
+class _NTLMOnlyNegotiate(NegotiateProxy):
+    """pyspnego's SPNEGO acceptor, preferring the one mechanism this server offers.
+
+    pyspnego ranks Kerberos first whenever it could exist, and answers a client whose first
+    choice is NTLMSSP with negState request-mic as if it had chosen something else. RFC 4178 4.2.2
+    and MS-SPNG 3.2.5.1 ask for request-mic only when the chosen mechanism is not the client's
+    first; Samba's client, told so, insists on a mechListMIC that an anonymous logon cannot make.
+    """
+
+    def _preferred_mech_list(self) -> list[GSSMech]:
+        return [GSSMech.ntlm]
 
 
 class _NTLMv2Acceptor(NTLMProxy):

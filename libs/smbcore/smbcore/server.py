@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from . import crypto
 from .auth import AuthenticationError, AuthStep
@@ -151,17 +151,34 @@ class Authenticator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """A share as the core needs it: name, type, who may connect, encryption."""
+    """A share as the core needs it: name, type, who may connect, encryption.
+
+    ``users`` lists the accounts that may connect (``None``: every authenticated user).
+    ``guest_ok`` also lets anonymous (null) and guest sessions connect; nobody else's logon
+    becomes a guest one. Those sessions have no key, so a share cannot both allow them and
+    require encryption.
+    """
 
     name: str
     share_type: ShareType = ShareType.DISK
     encrypt: bool = False
-    users: frozenset[str] | None = None  # None: every authenticated user
+    users: frozenset[str] | None = None
     hidden: bool = False
     path: str | None = None  # the folder a disk share serves
+    guest_ok: bool = False
+
+    def __post_init__(self) -> None:
+        if self.guest_ok and self.encrypt:
+            raise ValueError(f"share {self.name}: guest access and encryption exclude each other")
 
     def allows(self, user: str) -> bool:
         return self.users is None or user.lower() in {u.lower() for u in self.users}
+
+    def admits(self, session: Session) -> bool:
+        """May ``session`` connect (TREE_CONNECT, MS-SMB2 3.3.5.7)?"""
+        if session.anonymous or session.guest:
+            return self.guest_ok
+        return session.user is not None and self.allows(session.user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +232,7 @@ class Channel:
     """MS-SMB2 3.3.1.14: a connection bound to a session, and the key that signs on it."""
 
     connection: ServerConnection
-    signer: crypto.Signer
+    signer: crypto.Signer | None  # None on anonymous and guest sessions: they have no key
 
 
 @dataclass(eq=False)
@@ -241,6 +258,8 @@ class Session:
     next_tree_id: int = 1
     reauthenticating: bool = False
     channels: dict[ServerConnection, Channel] = field(default_factory=dict)
+    anonymous: bool = False  # Session.IsAnonymous: a null session
+    guest: bool = False  # Session.IsGuest
 
 
 @dataclass(eq=False)
@@ -298,6 +317,15 @@ FileRequest = (
 )
 
 
+def _session_flags(result: AuthStep) -> int:
+    """SessionFlags of a SESSION_SETUP response for this logon (MS-SMB2 2.2.6)."""
+    return SessionFlags.IS_NULL if result.anonymous else SessionFlags.IS_GUEST if result.guest else 0
+
+
+#: Who a null session's operations run for (the name Windows gives the anonymous SID, S-1-5-7).
+ANONYMOUS_LOGON: Final = "ANONYMOUS LOGON"
+
+
 @dataclass(frozen=True, slots=True)
 class FileOperation:
     """An event: a file operation for the shell to carry out, then :meth:`ServerConnection.complete`.
@@ -308,7 +336,8 @@ class FileOperation:
     nothing and answers STATUS_OPLOCK_BREAK_IN_PROGRESS with that ``file_key``; the core
     breaks the oplocks, waits for the holders, and asks again. When the open would meet a
     sharing conflict, only a target in ``batch_keys`` is broken first; for the others the
-    conflict is answered at once.
+    conflict is answered at once. ``user`` is the session's account, :data:`ANONYMOUS_LOGON`
+    for a null session.
     """
 
     op_id: int
@@ -1004,7 +1033,8 @@ class ServerConnection:
             log.info("plain request on an encrypted session", extra={"session": hex(session.session_id)})
             return NTStatus.ACCESS_DENIED
         if header.flags & Flags.SIGNED:
-            if not self._channel(session).signer.verify(message):
+            signer = self._channel(session).signer
+            if signer is None or not signer.verify(message):
                 log.warning("bad signature", extra={"session": hex(session.session_id)})
                 return NTStatus.ACCESS_DENIED
         elif session.signing_required:
@@ -1055,6 +1085,7 @@ class ServerConnection:
             session is not None
             and session.state is SessionState.VALID
             and channel is not None
+            and channel.signer is not None
             and not encrypt
             and (bool(header.flags & Flags.SIGNED) or session.signing_required)
         )
@@ -1197,11 +1228,7 @@ class ServerConnection:
             )
             # The failure of a re-authentication is signed with the session's key before the
             # session goes (with its opens), as Windows does.
-            reply = self._error(header, exc.status, credits, session if session.reauthenticating else None)
-            reply.session_id = session.session_id
-            self.server.remove_session(session)
-            self.sessions.pop(session.session_id, None)
-            return reply
+            return self._end_session(header, exc.status, credits, session, signed=session.reauthenticating)
         if not result.complete:
             reply = self._reply(
                 header,
@@ -1215,16 +1242,27 @@ class ServerConnection:
             if session.state is SessionState.IN_PROGRESS:
                 reply.preauth = session.preauth
             return reply
-        assert result.session_key is not None
+        keyless = result.anonymous or result.guest
         if session.reauthenticating:
             session.reauthenticating = False
+            if session.keys is None and not keyless:
+                # A null or guest session has no key: as a user's, nothing would protect it.
+                log.info(
+                    "keyless session re-authenticated as a user", extra={"session": hex(session.session_id)}
+                )
+                return self._end_session(header, NTStatus.ACCESS_DENIED, credits, session, signed=True)
+            # Anyone may become anonymous or guest (as on Windows): fewer rights, the same keys.
             session.user, session.domain = result.user, result.domain
+            session.anonymous, session.guest = result.anonymous, result.guest
             log.info(
                 "session re-authenticated", extra={"user": session.user, "session": hex(session.session_id)}
             )
-            body = SessionSetupResponse(0, result.out_token).encode()
+            body = SessionSetupResponse(_session_flags(result), result.out_token).encode()
             return self._reply(header, NTStatus.SUCCESS, body, credits, session, 0)
         session.user, session.domain = result.user, result.domain
+        if keyless:
+            return self._keyless_session(header, credits, session, result)
+        assert result.session_key is not None
         session.keys = crypto.derive_session_keys(
             result.session_key,
             self.dialect,
@@ -1252,6 +1290,37 @@ class ServerConnection:
             signer=session.signer,
         )
         log.info("session established", extra={"user": session.user, "session": hex(session.session_id)})
+        return reply
+
+    def _end_session(
+        self, header: Header, status: int, credits: int, session: Session, *, signed: bool
+    ) -> _Reply:
+        """Answer a SESSION_SETUP with ``status`` and end the session it set up (or re-authenticated),
+        with its opens. ``signed``: with the session's key, if it has one."""
+        reply = self._error(header, status, credits, session if signed else None)
+        reply.session_id = session.session_id
+        self.server.remove_session(session)
+        self.sessions.pop(session.session_id, None)
+        return reply
+
+    def _keyless_session(self, header: Header, credits: int, session: Session, result: AuthStep) -> _Reply:
+        """An anonymous or guest logon (MS-SMB2 3.3.5.5.3): no keys, so nothing is signed or
+        encrypted; the response says which kind it is. The authenticator accepted it because some
+        share allows such sessions; TREE_CONNECT refuses the others."""
+        session.anonymous, session.guest = result.anonymous, result.guest
+        kind = "anonymous" if result.anonymous else "guest"
+        if self.policy.encrypt_all:
+            log.info(
+                "logon refused: every session is encrypted, and this one has no key", extra={"kind": kind}
+            )
+            return self._end_session(header, NTStatus.ACCESS_DENIED, credits, session, signed=False)
+        session.channels[self] = Channel(self, None)
+        session.signing_required = False
+        session.state = SessionState.VALID
+        body = SessionSetupResponse(_session_flags(result), result.out_token).encode()
+        log.info("session established", extra={"kind": kind, "session": hex(session.session_id)})
+        reply = self._reply(header, NTStatus.SUCCESS, body, credits, session, 0)
+        reply.session_id = session.session_id
         return reply
 
     def _end_previous_session(self, previous_id: int, session: Session) -> None:
@@ -1344,6 +1413,8 @@ class ServerConnection:
         ClientGuid may differ (Windows does not compare it)."""
         if not header.flags & Flags.SIGNED:
             return NTStatus.INVALID_PARAMETER
+        if session.anonymous or session.guest:
+            return NTStatus.NOT_SUPPORTED  # 3.3.5.5.2: no channels for sessions without a key
         if session.state is not SessionState.VALID or session.signer is None:
             return NTStatus.REQUEST_NOT_ACCEPTED
         if not session.signer.verify(message):
@@ -1439,9 +1510,9 @@ class ServerConnection:
                 isinstance(request, SetInfoRequest) and request.info_class in _SIZE_CLASSES
             ):
                 self.server.break_level_two(opened)
-        assert session.user is not None
+        user = session.user if session.user is not None else ANONYMOUS_LOGON
         op = FileOperation(
-            self.server.new_op_id(), command, request, tree.share, session.user, handle, file_id, break_keys,
+            self.server.new_op_id(), command, request, tree.share, user, handle, file_id, break_keys,
             batch_keys,
         )  # fmt: skip
         channel = session.channels.get(self)
@@ -1731,8 +1802,9 @@ class ServerConnection:
         share = self.server.shares.get(name.lower())
         if share is None:
             return self._error(header, NTStatus.BAD_NETWORK_NAME, credits, session)
-        if session.user is None or not share.allows(session.user):
-            log.info("share refused to user", extra={"share": share.name, "user": session.user})
+        if not share.admits(session):
+            who = "anonymous" if session.anonymous else "guest" if session.guest else session.user
+            log.info("share refused to user", extra={"share": share.name, "user": who})
             return self._error(header, NTStatus.ACCESS_DENIED, credits, session)
         if share.encrypt and self.cipher is None:
             log.info("share needs encryption, connection has no cipher", extra={"share": share.name})

@@ -111,10 +111,13 @@ def configured_shares(settings: SmbServerSettings) -> dict[str, Share]:
             users=frozenset(u.lower() for u in options.users) if options.users is not None else None,
             hidden=options.hidden if options.hidden is not None else name.endswith("$"),
             path=options.path,
+            guest_ok=options.guest_ok,
         )
         for name, options in settings.shares.items()
     }
-    shares["IPC$"] = Share("IPC$", ShareType.PIPE, encrypt=encrypt_all)
+    # With a guest share, IPC$ takes null sessions too, so `smbclient -L -N` lists the shares.
+    guests = any(options.guest_ok for options in settings.shares.values())
+    shares["IPC$"] = Share("IPC$", ShareType.PIPE, encrypt=encrypt_all, guest_ok=guests)
     return shares
 
 
@@ -131,7 +134,9 @@ def build_server(
     server = SMBServer(
         ServerSettings(
             shares=configured_shares(settings),
-            authenticator_factory=lambda: ServerAuthenticator(users),
+            authenticator_factory=lambda: ServerAuthenticator(
+                users, allow_guests=any(s.guest_ok for s in settings.shares.values())
+            ),
             initial_token=ServerAuthenticator.initial_token(),
             limits=settings.limits.server_limits(),
             policy=ServerPolicy(

@@ -119,6 +119,9 @@ class ShareOptions(Section):
     encrypt: bool = False
     users: list[str] | None = Field(None, description="who may connect (default: every account)")
     hidden: bool | None = Field(None, description="left out of share listings (default: a name ending in $)")
+    guest_ok: bool = Field(
+        False, description="anonymous and guest sessions may connect too (no password; nothing signed)"
+    )
 
     @field_validator("path")
     @classmethod
@@ -219,3 +222,12 @@ class SmbServerSettings(ServiceSettings):
                 raise ValueError(f"share {name!r} configured twice (names ignore case)")
             seen.add(name.lower())
         return value
+
+    @model_validator(mode="after")
+    def _guests_without_keys(self) -> SmbServerSettings:
+        for name, options in self.shares.items():
+            if options.guest_ok and (options.encrypt or self.smb.encrypt_all):
+                raise ValueError(
+                    f"shares.{name}: guest_ok and encryption exclude each other (guests have no key)"
+                )
+        return self

@@ -59,8 +59,9 @@ class SessionView(BaseModel):
     session_id_hex: str
     state: str
     client_address: str | None = Field(description="the client's address on the session's first channel")
-    user: str | None
+    user: str | None = Field(description="the account; Guest for a guest session, null for an anonymous one")
     domain: str | None
+    kind: str = Field(description='"user", "guest" or "anonymous" (SMB2_SESSION_FLAG_IS_GUEST / IS_NULL)')
     dialect: str
     signing_required: bool
     signing_algorithm: str
@@ -91,6 +92,7 @@ class ShareView(BaseModel):
     path: str | None
     encrypt: bool
     users: list[str] | None = Field(description="who may connect; null: every account")
+    guest_ok: bool = Field(description="anonymous and guest sessions may connect too")
     hidden: bool = Field(description="left out of share listings (srvsvc): a name ending in $")
     migration: bool = Field(description="a temporary migration share")
     trees: int = Field(description="tree connects on it now")
@@ -180,6 +182,7 @@ def session_views(server: SMBServer) -> list[SessionView]:
                 client_address=peer[0] if peer else None,
                 user=session.user,
                 domain=session.domain,
+                kind="anonymous" if session.anonymous else "guest" if session.guest else "user",
                 dialect=dialect_name(session.dialect),
                 signing_required=session.signing_required,
                 signing_algorithm=signing_name(session.signing_algorithm),
@@ -203,6 +206,7 @@ def share_view(share: Share, server: SMBServer, lease: LeaseView | None) -> Shar
         path=share.path,
         encrypt=share.encrypt,
         users=sorted(share.users) if share.users is not None else None,
+        guest_ok=share.guest_ok,
         hidden=share.hidden,
         migration=lease is not None,
         trees=trees,
