@@ -443,6 +443,56 @@ def test_before_open_sees_an_existing_target_before_create_collides(share: FsSha
     assert share.open("new.txt", D.CREATE, 0, RW, pending).create_action == A.CREATED  # nothing there
 
 
+# -- case-insensitive names -------------------------------------------------------------------------
+
+
+def test_names_are_case_insensitive_and_case_preserving(share: FsShare, root: Path) -> None:
+    with share.open("DIR\\Inner.BIN", D.OPEN, O.NON_DIRECTORY_FILE, READ) as h:
+        assert h.pread(100, 0) == b"\x00" * 10
+        assert h.open_info().name == "\\DIR\\Inner.BIN"  # as opened (FileNameInformation on NTFS)
+    assert refused(share.open, "FILE.TXT", D.CREATE, 0, RW) == NTStatus.OBJECT_NAME_COLLISION
+    assert refused(share.open, "Dir", D.CREATE, O.DIRECTORY_FILE, READ) == NTStatus.OBJECT_NAME_COLLISION
+    with share.open("File.Txt", D.OPEN_IF, 0, READ) as h:
+        assert h.create_action == A.OPENED and h.pread(100, 0) == b"hello world"
+    with share.open("NEW.txt", D.CREATE, 0, RW):
+        pass
+    assert sorted(p.name for p in root.iterdir()) == ["NEW.txt", "dir", "file.txt"]
+    assert refused(share.open, "nodir\\x", D.OPEN_IF, 0, RW) == NTStatus.OBJECT_PATH_NOT_FOUND
+    assert not share.volume_info().fs_attributes & fi.FsAttributes.CASE_SENSITIVE_SEARCH
+
+
+def test_an_exact_name_wins_over_other_cases(share: FsShare, root: Path) -> None:
+    (root / "FILE.TXT").write_bytes(b"upper")
+    with share.open("FILE.TXT", D.OPEN, 0, READ) as h:
+        assert h.pread(100, 0) == b"upper"
+    with share.open("file.txt", D.OPEN, 0, READ) as h:
+        assert h.pread(100, 0) == b"hello world"
+    with share.open("File.txt", D.OPEN, 0, READ) as h:  # neither: one of them
+        assert h.pread(100, 0) in (b"upper", b"hello world")
+
+
+def test_rename_changes_case_or_keeps_the_replaced_name(share: FsShare, root: Path) -> None:
+    with share.open("file.txt", D.OPEN, 0, DELETE | READ) as h:
+        h.rename("FILE.TXT", replace=False)
+        assert h.smb_path == "FILE.TXT"
+    assert sorted(p.name for p in root.iterdir()) == ["FILE.TXT", "dir"]
+    (root / "other.txt").write_bytes(b"other")
+    with share.open("FILE.TXT", D.OPEN, 0, DELETE | READ) as h:
+        assert refused(h.rename, "OTHER.TXT", replace=False) == NTStatus.OBJECT_NAME_COLLISION
+        h.rename("OTHER.TXT", replace=True)  # replaces other.txt, whose name stays
+    assert sorted(p.name for p in root.iterdir()) == ["dir", "other.txt"]
+    assert (root / "other.txt").read_bytes() == b"hello world"
+
+
+def test_a_case_sensitive_share(root: Path) -> None:
+    with FsShare(root, case_sensitive=True) as share:
+        assert refused(share.open, "FILE.TXT", D.OPEN, 0, READ) == NTStatus.OBJECT_NAME_NOT_FOUND
+        with share.open("FILE.TXT", D.CREATE, 0, RW):
+            pass
+        assert share.volume_info().fs_attributes & fi.FsAttributes.CASE_SENSITIVE_SEARCH
+    assert sorted(p.name for p in root.iterdir()) == ["FILE.TXT", "dir", "file.txt"]
+
+
 # -- rename ----------------------------------------------------------------------------------------
 
 

@@ -26,9 +26,14 @@ Deleting or renaming an open made through a link acts on the link, as on Samba. 
 hide links that lead outside or nowhere, special files (FIFOs, devices, sockets: they are
 refused on open too) and names SMB cannot carry (invalid characters, not UTF-8).
 
-Names are case-sensitive (POSIX): ``open("A.TXT")`` does not find ``a.txt``, and the
-volume says so (FILE_CASE_SENSITIVE_SEARCH). Search patterns of :meth:`FsHandle.list_directory`
-match case-insensitively, as on Windows.
+Names are case-insensitive and case-preserving, as on Windows (NTFS): a component with no
+entry of exactly that name is looked for again among the directory's entries, compared
+case-insensitively (the first in directory order wins when several differ only in case), so
+``open("A.TXT")`` finds ``a.txt``, creating ``A.TXT`` beside it opens or collides with it, and a
+rename may change just the case. The lookup that misses costs a scan of the directory (as on
+Samba with ``case sensitive = no``); ``FsShare(case_sensitive=True)`` skips it and the volume then
+says FILE_CASE_SENSITIVE_SEARCH. Search patterns of :meth:`FsHandle.list_directory` match
+case-insensitively either way, as on Windows.
 
 Sharing modes, oplocks/leases and the cross-open "delete pending" state belong to the
 server's open table, not here. On its own a handle deletes its entry when it closes with
@@ -52,7 +57,8 @@ A change time a client sets is kept in memory (POSIX cannot set ctime) and repor
 the file's real ctime moves on, that is until the next change.
 
 Short names: :func:`smbcore.fileinfo.short_name` gives each name that is not 8.3 a stable
-short form; a path component that is not found is also looked up by that form.
+short form; a path component that is not found is also looked up by that form (in the same
+scan as the case-insensitive lookup).
 """
 
 from __future__ import annotations
@@ -398,24 +404,33 @@ class _Where:
             self.parent_fd = None
 
 
-def _by_short_name(dir_fd: int, name: str) -> str | None:
-    """The entry of a directory whose :func:`~smbcore.fileinfo.short_name` is ``name``
-    (compared case-insensitively), or None."""
-    want = name.upper()
+def _by_other_name(dir_fd: int, name: str, *, case_sensitive: bool) -> str | None:
+    """The entry of a directory that ``name`` (not an entry itself) means: the one whose name is
+    ``name`` but for case (unless ``case_sensitive``), else the one whose
+    :func:`~smbcore.fileinfo.short_name` it is (compared case-insensitively); None if neither."""
+    want = _fold(name)
+    by_short = "~" in name
+    if case_sensitive and not by_short:
+        return None
     try:
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
+    short: str | None = None
     try:
         with os.scandir(fd) as entries:
             for entry in entries:
-                if entry.name != name and short_name(entry.name).upper() == want:
+                if entry.name == name or _component_error(entry.name) is not None:
+                    continue
+                if not case_sensitive and _fold(entry.name) == want:
                     return entry.name
+                if by_short and short is None and _fold(short_name(entry.name)) == want:
+                    short = entry.name
     except OSError:
         return None
     finally:
         os.close(fd)
-    return None
+    return short
 
 
 def _round_up(size: int) -> int:
@@ -520,9 +535,17 @@ def _stored_creation_time(target: int | str) -> int | None:
 class FsShare:
     """A directory tree served as a share (see the module docstring)."""
 
-    def __init__(self, root: Path | str, *, read_only: bool = False, label: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        read_only: bool = False,
+        label: str | None = None,
+        case_sensitive: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.read_only = read_only
+        self.case_sensitive = case_sensitive
         self.label = self.root.name if label is None else label
         try:
             self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -634,9 +657,9 @@ class FsShare:
                 try:
                     st = os.stat(name, dir_fd=here(), follow_symlinks=False)
                 except FileNotFoundError:
-                    long_name = _by_short_name(here(), name) if "~" in name else None
-                    if long_name is not None:
-                        pending.append(long_name)
+                    other = _by_other_name(here(), name, case_sensitive=self.case_sensitive)
+                    if other is not None:
+                        pending.append(other)
                         continue
                     if last:
                         return found(name, None)
@@ -726,7 +749,8 @@ class FsShare:
             label=self.label,
             serial_number=(st.st_dev ^ st.st_ino) & 0xFFFFFFFF,
             read_only=self.read_only or bool(v.f_flag & os.ST_RDONLY),
-            fs_attributes=POSIX_FS_ATTRIBUTES | (_XATTR_FS_ATTRIBUTES if self.xattrs else 0),
+            fs_attributes=(POSIX_FS_ATTRIBUTES | (_XATTR_FS_ATTRIBUTES if self.xattrs else 0))
+            & ~(0 if self.case_sensitive else FsAttributes.CASE_SENSITIVE_SEARCH),
         )
 
     # -- CREATE ([MS-SMB2] 3.3.5.9, [MS-FSA] 2.1.5.1) --------------------------------------------
@@ -1455,6 +1479,16 @@ class FsHandle:
                 src = None
             if src is None or (src.st_dev, src.st_ino) != self._identity:
                 raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"{self.smb_path!r} was moved or deleted")
+            if (
+                dst.st is not None
+                and (dst.st.st_dev, dst.st.st_ino) == self._identity
+                and dst.name != comps[-1]
+                and _fold(dst.name) == _fold(comps[-1])
+            ):
+                # The lookup found this very entry by another case: a change of case. (An
+                # entry replaced keeps its name: on a case-sensitive disk the new one would not
+                # replace it.)
+                dst.st, dst.name, dst.rel = None, comps[-1], (*dst.rel[:-1], comps[-1])
             if dst.st is not None and (dst.st.st_dev, dst.st.st_ino) != self._identity:
                 if not replace:
                     raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{path!r} exists")
