@@ -863,3 +863,80 @@ def test_a_sharing_conflict_breaks_only_a_batch_oplock_first(
     )
     result, _ = svc.run_sync(operation)
     assert result.status == NTStatus.OPLOCK_BREAK_IN_PROGRESS and result.file_key == key
+
+
+# -- CHANGE_NOTIFY: several waiting, a directory deleted, access, renames (MS-FSA 2.1.5.11) -----
+
+
+def watch_op(op_id: int, share: Share, directory: OpenFile, completion_filter: int) -> FileOperation:
+    request = ChangeNotifyRequest(32, 0, 4096, FID, completion_filter, 0)
+    return FileOperation(op_id, Command.CHANGE_NOTIFY, request, share, "alice", directory, FID)  # type: ignore[arg-type]
+
+
+async def test_waiting_change_notifies_are_answered_oldest_first(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    directory = opened(create_dir(svc, share, "d", DIR_ALL, 7))
+    first = asyncio.ensure_future(svc.run(watch_op(20, share, directory, CompletionFilter.FILE_NAME)))
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(svc.run(watch_op(21, share, directory, CompletionFilter.FILE_NAME)))
+    await asyncio.sleep(0.05)
+    (root / "d" / "one").write_bytes(b"")
+    result, _ = await asyncio.wait_for(first, 5)
+    assert decode_notify_information(result.body[8:]) == [(Action.ADDED, "one")]
+    assert not second.done()
+    (root / "d" / "two").write_bytes(b"")
+    result, _ = await asyncio.wait_for(second, 5)
+    assert decode_notify_information(result.body[8:]) == [(Action.ADDED, "two")]
+
+
+@pytest.mark.parametrize("how", ["disposition", "delete-on-close"])
+async def test_a_directory_made_delete_pending_ends_its_notifies(
+    service: tuple[FsFileService, Share, Path], how: str
+) -> None:
+    """smbtorture's smb2.notify.rmdir1-4: STATUS_DELETE_PENDING, then for every new request."""
+    svc, share, root = service
+    (root / "d").mkdir()
+    watched = opened(create_dir(svc, share, "d", DIR_ALL, 7))
+    waiting = asyncio.ensure_future(svc.run(watch_op(30, share, watched, CompletionFilter.FILE_NAME)))
+    await asyncio.sleep(0.05)
+    if how == "disposition":
+        other = opened(create_dir(svc, share, "d", DIR_ALL, 7))
+        assert dispose(svc, share, other) == NTStatus.SUCCESS
+    else:
+        request = CreateRequest(DIR_ALL, 0, 7, 1, 0x1 | DELETE_ON_CLOSE, "d")
+        result, _ = svc.run_sync(FileOperation(1, Command.CREATE, request, share, "alice", None, None))
+        other = opened((result.status, result.handle))
+    assert close(svc, share, other) == NTStatus.SUCCESS
+    assert (await asyncio.wait_for(waiting, 5))[0].status == NTStatus.DELETE_PENDING
+    again, _ = await asyncio.wait_for(svc.run(watch_op(31, share, watched, CompletionFilter.FILE_NAME)), 5)
+    assert again.status == NTStatus.DELETE_PENDING
+    assert close(svc, share, watched) == NTStatus.SUCCESS
+    assert not (root / "d").exists()
+
+
+async def test_change_notify_needs_list_access(service: tuple[FsFileService, Share, Path]) -> None:
+    svc, share, root = service
+    (root / "d").mkdir()
+    directory = opened(create_dir(svc, share, "d", 0x80 | 0x100000, 7))  # READ_ATTRIBUTES, SYNCHRONIZE
+    result, _ = await svc.run(watch_op(40, share, directory, CompletionFilter.FILE_NAME))
+    assert result.status == NTStatus.ACCESS_DENIED
+
+
+async def test_a_renamed_file_is_marked_for_archiving(service: tuple[FsFileService, Share, Path]) -> None:
+    """As on NTFS: a watch on attributes sees the renamed file MODIFIED (smb2.notify.mask-change)."""
+    svc, share, root = service
+    (root / "d").mkdir()
+    (root / "d" / "f.bin").write_bytes(b"data")
+    directory = opened(create_dir(svc, share, "d", 0x100081, 7))  # no DELETE: the rename may add
+    waiting = asyncio.ensure_future(svc.run(watch_op(50, share, directory, CompletionFilter.ATTRIBUTES)))
+    await asyncio.sleep(0.05)
+    moved = opened(create(svc, share, "d\\f.bin", READ_DATA | DELETE, 7, disposition=1))
+    assert rename(svc, share, moved, "d\\g.bin") == NTStatus.SUCCESS
+    result, _ = await asyncio.wait_for(waiting, 5)
+    assert decode_notify_information(result.body[8:]) == [(Action.MODIFIED, "g.bin")]
+    reader = opened(create(svc, share, "d\\g.bin", 0x80, 7, disposition=1))  # FILE_READ_ATTRIBUTES
+    status, basic = query(svc, share, reader, InfoType.FILE, FileInfoClass.BASIC)
+    assert status == NTStatus.SUCCESS and int.from_bytes(basic[32:36], "little") & fi.FileAttributes.ARCHIVE

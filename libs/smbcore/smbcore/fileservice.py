@@ -16,6 +16,7 @@ the interim STATUS_PENDING response) until they get it or are cancelled.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import threading
@@ -207,14 +208,13 @@ class _BreakNeeded(Exception):
         self.key = key
 
 
-def _no_waiter() -> None:
-    """A watch with no CHANGE_NOTIFY waiting: changes are only collected."""
-
-
-def _wake(waiter: asyncio.Future[int]) -> None:
-    """A CHANGE_NOTIFY waiting for changes: some arrived."""
-    if not waiter.done():
-        waiter.set_result(NTStatus.SUCCESS)
+def _wake_first(waiters: collections.deque[asyncio.Future[int]]) -> None:
+    """Changes arrived for a watch: the CHANGE_NOTIFY that has waited longest takes them (the
+    next change goes to the next one, as Windows answers several requests on one open)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(NTStatus.SUCCESS)
+            return
 
 
 def _blocking(request: LockRequest) -> bool:
@@ -249,6 +249,8 @@ class OpenFile:
     lock: threading.Lock = field(default_factory=threading.Lock)
     lock_key: tuple[int, int] | None = None
     watch: Watch | None = None  # CHANGE_NOTIFY: changes collected since the first request
+    #: CHANGE_NOTIFY requests waiting on this open, oldest first.
+    notify_queue: collections.deque[asyncio.Future[int]] = field(default_factory=collections.deque)
     closing: bool = False  # CLOSE (or the session gone) has begun: its pending LOCKs end
     lock_sequences: dict[int, int] = field(default_factory=dict)  # LockSequenceIndex -> number
 
@@ -455,8 +457,12 @@ class FsFileService:
         assert isinstance(opened, OpenFile)
         if not opened.handle.is_directory:
             return NTStatus.INVALID_PARAMETER, b""
+        if not opened.handle.granted_access & AccessMask.FILE_READ_DATA:  # FILE_LIST_DIRECTORY
+            return NTStatus.ACCESS_DENIED, b""
         if opened.handle.closed:
             return NTStatus.NOTIFY_CLEANUP, b""
+        if self._files.delete_pending(opened.handle.identity):
+            return NTStatus.DELETE_PENDING, b""
         loop = self._loop = asyncio.get_running_loop()
         watch = opened.watch
         if watch is None:
@@ -466,24 +472,28 @@ class FsFileService:
             # The first request's OutputBufferLength sizes the open's change buffer for good
             # (as Windows keeps it): with 0, every change is reported as NOTIFY_ENUM_DIR.
             watch = opened.watch = Watch(
-                request.completion_filter, request.watch_tree, lambda: None, limit=request.output_length
+                request.completion_filter,
+                request.watch_tree,
+                functools.partial(_wake_first, opened.notify_queue),
+                limit=request.output_length,
             )
             try:
                 self._inotify.watch(opened.handle.fileno(), watch)
             except OSError as exc:
                 log.warning("cannot watch a directory", extra={"error": str(exc)})
                 return NTStatus.NOT_SUPPORTED, b""
+        first = True
         while not watch.changes and not watch.overflowed:
             why: asyncio.Future[int] = loop.create_future()
             self._notify_waiters[op.op_id] = (opened, why)
-
-            hook = watch.on_change = functools.partial(_wake, why)
+            # Woken, but an older request took the changes: still the oldest, so first in line.
+            (opened.notify_queue.append if first else opened.notify_queue.appendleft)(why)
+            first = False
             try:
                 status = await why
             finally:
                 self._notify_waiters.pop(op.op_id, None)
-                if watch.on_change is hook:  # a later request may have set its own already
-                    watch.on_change = _no_waiter
+                opened.notify_queue.remove(why)
             if status != NTStatus.SUCCESS:
                 return status, b""
         changes, watch.changes = watch.changes, []
@@ -540,6 +550,18 @@ class FsFileService:
             if owner is opened and not why.done():
                 why.set_result(NTStatus.NOTIFY_CLEANUP)
 
+    def _directory_delete_pending(self, identity: tuple[int, int]) -> None:
+        """From any thread: a directory became delete pending; the CHANGE_NOTIFYs waiting on
+        its other opens are answered STATUS_DELETE_PENDING (MS-FSA 2.1.5.15.3)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._end_notifies, identity, NTStatus.DELETE_PENDING)
+
+    def _end_notifies(self, identity: tuple[int, int], status: int) -> None:
+        for owner, why in list(self._notify_waiters.values()):
+            if owner.handle.identity == identity and not why.done():
+                why.set_result(status)
+
     def release(self, handle: object) -> None:
         if isinstance(handle, OpenFile):
             delete = self._forget(handle)
@@ -564,6 +586,8 @@ class FsFileService:
         self._locks.release(opened)
         self._locks_released()  # waiting LOCKs on this open see it closing
         delete = self._files.remove(handle.identity, opened, delete_on_close=delete_on_close)
+        if handle.is_directory and not delete and self._files.delete_pending(handle.identity):
+            self._directory_delete_pending(handle.identity)
         if opened.watch is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._end_watch, opened)
         return delete
@@ -808,6 +832,8 @@ class FsFileService:
             handle.delete_on_close = delete
         else:
             self._files.set_delete_pending(handle.identity, delete)
+            if delete and handle.is_directory:
+                self._directory_delete_pending(handle.identity)
 
     def _rename(self, opened: OpenFile, info: RenameInformation) -> None:
         """FileRenameInformation (MS-FSA 2.1.5.15.12), with what other opens forbid: a

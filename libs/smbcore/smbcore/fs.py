@@ -1515,6 +1515,23 @@ class FsHandle:
             self.smb_path = "\\".join(comps)
         finally:
             dst.close()
+        if not self.is_directory:
+            self._set_archive()
+
+    def _set_archive(self) -> None:
+        """A renamed file gets FILE_ATTRIBUTE_ARCHIVE, as on NTFS (and Samba): its directory's
+        CHANGE_NOTIFY watchers see FILE_ACTION_MODIFIED for attributes (the xattr write is an
+        IN_ATTRIB). Where attributes cannot be kept, nothing changes."""
+        if not self.share.xattrs:
+            return
+        try:
+            st = os.fstat(self._fd)
+            attributes = (_stored_attributes(self._fd, st) or 0) | FileAttributes.ARCHIVE
+            os.setxattr(
+                self._fd, XATTR_ATTRIBUTES, _ATTRIBUTES.pack(attributes & KEPT_ATTRIBUTES, st.st_mtime_ns)
+            )
+        except OSError as exc:
+            log.info("not marking %r for archiving: %s", self.smb_path, exc)
 
     def follow_rename(self, renamed: FsHandle) -> None:
         """Another open of the same file renamed it: this open names the new place too (its
