@@ -27,6 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 from hypothesis import given
 from hypothesis import strategies as st
+from smbcore.auth import UserDatabase
+from smbcore.buffers import BufferPool
+from smbcore.client import ReadResult, Response, TreeConnect
 from smbcore.crypto import (
     SIGNATURE_OFFSET,
     SMB2_CANCEL,
@@ -44,6 +47,7 @@ from smbcore.crypto import (
     SMBCryptoError,
     decrypt,
     decrypt_in_place,
+    decrypt_received,
     derive_session_keys,
     encrypt,
     encrypt_in_place,
@@ -52,6 +56,13 @@ from smbcore.crypto import (
     parse_transform_header,
     random_nonce,
 )
+from smbcore.errors import RemoteProtocolError
+from smbcore.fileops import CreateRequest, CreateResponse, WriteRequest
+from smbcore.header import Command
+from smbcore.ntstatus import NTStatus
+from smbcore.server import FileOperation
+
+from tests.unit.test_smb_client_core import PASSWORD, Pair, joined, make_pair
 
 ANATOMY = (
     "https://learn.microsoft.com/en-us/archive/blogs/openspecification/"
@@ -1356,3 +1367,177 @@ def test_decrypt_in_place_refuses_what_decrypt_refuses(vector: Transform) -> Non
         decrypt_in_place(bytearray(vector.transformed[:40]), vector.key, vector.cipher)
     with pytest.raises(ValueError, match="writable"):
         decrypt_in_place(memoryview(vector.transformed), vector.key, vector.cipher)
+
+
+def test_decrypt_in_place_leaves_no_unauthenticated_bytes() -> None:
+    """GCM decrypts before it can check the tag: a message that fails is zeroed, not left
+    half-decrypted; a transform refused before decryption is left as it was."""
+    for vector in TRANSFORMS:
+        tampered = bytearray(vector.transformed)
+        tampered[4] ^= 1  # the tag
+        header = bytes(tampered[:TRANSFORM_HEADER_SIZE])
+        with pytest.raises(SMBCryptoError, match="failed authentication"):
+            decrypt_in_place(tampered, vector.key, vector.cipher)
+        assert tampered == header + bytes(len(vector.plaintext))
+        truncated = bytearray(vector.transformed[:-1])
+        with pytest.raises(SMBCryptoError, match="OriginalMessageSize"):
+            decrypt_in_place(truncated, vector.key, vector.cipher)
+        assert truncated == vector.transformed[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Receiving: decrypt_received, and the connections that call it
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeSession:
+    keys: SessionKeys | None
+
+
+def receiver(vector: Transform) -> tuple[bool, dict[int, FakeSession]]:
+    """Which side receives ``vector`` (the server for client-to-server keys) and its sessions."""
+    server = vector.key in (GCM_C2S_KEY, CCM_C2S_KEY)
+    c2s, s2c = (GCM_C2S_KEY, GCM_S2C_KEY) if vector.cipher.is_gcm else (CCM_C2S_KEY, CCM_S2C_KEY)
+    return server, {vector.session_id: FakeSession(SessionKeys(b"", c2s, s2c, b""))}
+
+
+@pytest.mark.parametrize("vector", TRANSFORMS, ids=ids(TRANSFORMS))
+def test_decrypt_received_opens_a_writable_pdu_where_it_lies(vector: Transform) -> None:
+    server, sessions = receiver(vector)
+    buffer = bytearray(vector.transformed)
+    plain, session = decrypt_received(memoryview(buffer), vector.cipher, sessions.get, server=server)
+    assert plain == vector.plaintext and session is sessions[vector.session_id]
+    assert plain.obj is buffer  # no copy
+    plain, _ = decrypt_received(memoryview(vector.transformed), vector.cipher, sessions.get, server=server)
+    assert plain == vector.plaintext and plain.obj is not vector.transformed
+
+
+@pytest.mark.parametrize("vector", TRANSFORMS, ids=ids(TRANSFORMS))
+@pytest.mark.parametrize("writable", [True, False], ids=["writable", "read-only"])
+def test_decrypt_received_refusals_and_their_statuses(vector: Transform, writable: bool) -> None:
+    """The same statuses whichever way the message is decrypted; a writable PDU that is
+    refused holds its ciphertext or zeros, never a decrypted byte."""
+    server, sessions = receiver(vector)
+
+    def refused(
+        pdu: bytes,
+        cipher: CipherId | None = vector.cipher,
+        known: dict[int, FakeSession] = sessions,
+        side: bool = server,
+    ) -> RemoteProtocolError:
+        view = memoryview(bytearray(pdu) if writable else pdu)
+        with pytest.raises(RemoteProtocolError) as info:
+            decrypt_received(view, cipher, known.get, server=side)
+        rest = bytes(view[TRANSFORM_HEADER_SIZE:])
+        assert rest in (pdu[TRANSFORM_HEADER_SIZE:], bytes(len(rest)))
+        return info.value
+
+    good = vector.transformed
+    unknown = NTStatus.USER_SESSION_DELETED if server else NTStatus.ACCESS_DENIED
+    assert refused(good, cipher=None).status == NTStatus.ACCESS_DENIED
+    error = refused(good, known={})
+    assert error.status == unknown and "unknown session" in str(error)
+    assert refused(good, known={vector.session_id: FakeSession(None)}).status == unknown
+    tampered = bytearray(good)
+    tampered[-1] ^= 1
+    error = refused(bytes(tampered))
+    assert error.status == NTStatus.ACCESS_DENIED and "failed authentication" in str(error)
+    assert refused(good, side=not server).status == NTStatus.ACCESS_DENIED  # the other direction's key
+    assert refused(good[:40]).status == NTStatus.ACCESS_DENIED
+    assert refused(good + b"\x00").status == NTStatus.ACCESS_DENIED
+
+
+@pytest.mark.parametrize("writable", [True, False], ids=["writable", "read-only"])
+def test_only_the_client_checks_that_the_decrypted_message_is_smb2(writable: bool) -> None:
+    not_smb2 = b"\xfeSMX" + bytes(60)
+    sealed = encrypt(not_smb2, GCM_S2C_KEY, CipherId.AES_128_GCM, 5, bytes(12))
+    sessions = {5: FakeSession(SessionKeys(b"", GCM_S2C_KEY, GCM_S2C_KEY, b""))}
+
+    def pdu() -> memoryview:
+        return memoryview(bytearray(sealed) if writable else bytes(sealed))
+
+    with pytest.raises(RemoteProtocolError, match="not an SMB2 message") as info:
+        decrypt_received(pdu(), CipherId.AES_128_GCM, sessions.get, server=False)
+    assert info.value.status == NTStatus.INVALID_NETWORK_RESPONSE
+    plain, _ = decrypt_received(pdu(), CipherId.AES_128_GCM, sessions.get, server=True)
+    assert plain == not_smb2  # the server's chain parser refuses it
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory: pytest.TempPathFactory) -> UserDatabase:
+    db = UserDatabase(tmp_path_factory.mktemp("crypto-users") / "users.db")
+    db.add_user("alice", PASSWORD)
+    return db
+
+
+def encrypted_file(users: UserDatabase) -> tuple[Pair, TreeConnect, bytes]:
+    """A client and server core with an encrypted session, a tree and an open file."""
+    pair = make_pair(users, (0x0311,))
+    pair.negotiate()
+    session = pair.login(require_encryption=True)
+    tree = pair.tree(session)
+    create = CreateRequest(0x0012019F, 0, 7, 1, 0x40, "file.bin").encode()
+    response = pair.call(
+        lambda now: pair.client.request(Command.CREATE, create, session=session, tree=tree, now=now)
+    )
+    return pair, tree, response.expect(CreateResponse).file_id
+
+
+def test_an_encrypted_write_in_a_pooled_buffer_is_decrypted_where_it_lies(users: UserDatabase) -> None:
+    """The server's shell receives a large PDU into a pooled buffer: an encrypted WRITE is
+    decrypted there, the data the file service gets is a view of that buffer, and the pool
+    hands the buffer out again only once the WRITE is answered and dropped."""
+    pair, tree, file_id = encrypted_file(users)
+    data = bytes(range(256)) * 1024
+    pair.client.write(tree, file_id, 0, data, 0.0)
+    (pieces,) = pair.client.data_to_send()
+    wire = joined(pieces)
+    assert wire[:4] == b"\xfdSMB"
+    pool = BufferPool(min_size=1)
+    pdu = pool.take(len(wire))
+    pdu[:] = wire
+    pdu_id = id(pdu)
+    pair.server.receive_pdu(memoryview(pdu))
+    (op,) = pair.server.events()
+    assert isinstance(op, FileOperation) and isinstance(op.request, WriteRequest)
+    assert op.request.data.obj is pdu and op.request.data == data
+    del pdu
+    assert id(pool.take(len(wire))) != pdu_id  # the WRITE still waits for the file service
+    pair.files.answer(pair.server, op)
+    del op
+    (out,) = pair.server.data_to_send()
+    pair.client.receive_pdu(joined(out), 0.0)
+    (response,) = pair.client.events()
+    assert isinstance(response, Response) and response.status == NTStatus.SUCCESS
+    assert id(pool.take(len(wire))) == pdu_id  # answered: nothing refers to the buffer any more
+
+
+def test_an_encrypted_read_response_is_decrypted_where_it_lies(users: UserDatabase) -> None:
+    pair, tree, file_id = encrypted_file(users)
+    pair.client.read(tree, file_id, 0, 10, 0.0)
+    (pieces,) = pair.client.data_to_send()
+    pair.server.receive_pdu(joined(pieces))
+    for op in pair.server.events():
+        pair.files.answer(pair.server, op)
+    (out,) = pair.server.data_to_send()
+    received = bytearray(joined(out))
+    assert received[:4] == b"\xfdSMB"
+    pair.client.receive_pdu(received, 0.0)
+    (response,) = pair.client.events()
+    assert isinstance(response, Response)
+    result = response.expect(ReadResult)
+    assert result.data == b"0123456789" and result.data.obj is received
+
+
+def test_a_bad_tag_in_a_writable_pdu_is_refused_and_wiped(users: UserDatabase) -> None:
+    pair, tree, file_id = encrypted_file(users)
+    pair.client.write(tree, file_id, 0, b"secret data", 0.0)
+    (pieces,) = pair.client.data_to_send()
+    tampered = bytearray(joined(pieces))
+    tampered[-1] ^= 1
+    with pytest.raises(RemoteProtocolError, match="failed authentication") as info:
+        pair.server.receive_pdu(tampered)
+    assert info.value.status == NTStatus.ACCESS_DENIED
+    assert tampered[TRANSFORM_HEADER_SIZE:] == bytes(len(tampered) - TRANSFORM_HEADER_SIZE)
+    assert pair.server.events() == []

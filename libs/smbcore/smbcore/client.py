@@ -765,7 +765,9 @@ class ClientConnection:
 
     def receive_pdu(self, pdu: Buffer, now: float) -> None:
         """Process one PDU. Malformed, unverifiable or unexpected input raises
-        :class:`RemoteProtocolError` and fails the connection."""
+        :class:`RemoteProtocolError` and fails the connection. A writable ``pdu`` is the
+        core's from then on: an encrypted one is decrypted where it lies (a READ's data is
+        then a view of it)."""
         if self.state in (ConnState.CLOSED, ConnState.FAILED):
             raise LocalProtocolError(f"the connection is {self.state.value}")
         try:
@@ -1252,7 +1254,7 @@ class ClientConnection:
         protocol = bytes(view[:4])
         encrypted_by: Session | None = None
         if protocol == TRANSFORM_PROTOCOL_ID:
-            view, encrypted_by = self._decrypt(view)
+            view, encrypted_by = crypto.decrypt_received(view, self.cipher, self.sessions.get, server=False)
         elif protocol != PROTOCOL_ID:
             raise RemoteProtocolError(
                 f"unexpected protocol id {protocol.hex()}", NTStatus.INVALID_NETWORK_RESPONSE
@@ -1281,28 +1283,6 @@ class ClientConnection:
             self._events.append(parts[0])
         elif parts:
             self._events.append(CompoundResponse(tuple(parts)))
-
-    def _decrypt(self, view: memoryview) -> tuple[memoryview, Session]:
-        """MS-SMB2 3.2.5.1.1.1: the session named in the transform, its DecryptionKey."""
-        if self.cipher is None:
-            raise RemoteProtocolError(
-                "encrypted message on a connection without a cipher", NTStatus.ACCESS_DENIED
-            )
-        try:
-            transform = crypto.parse_transform_header(view)
-            session = self.sessions.get(transform.session_id)
-            if session is None or session.keys is None:
-                raise RemoteProtocolError(
-                    f"encrypted message for unknown session {transform.session_id:#x}", NTStatus.ACCESS_DENIED
-                )
-            plain = crypto.decrypt(view, session.keys.decryption_key(server=False), self.cipher)
-        except crypto.SMBCryptoError as exc:
-            raise RemoteProtocolError(str(exc), NTStatus.ACCESS_DENIED) from None
-        if bytes(plain[:4]) != PROTOCOL_ID:
-            raise RemoteProtocolError(
-                "decrypted message is not an SMB2 message", NTStatus.INVALID_NETWORK_RESPONSE
-            )
-        return memoryview(plain), session
 
     def _on_message(
         self, header: Header, message: memoryview, encrypted_by: Session | None, now: float

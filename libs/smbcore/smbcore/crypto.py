@@ -11,10 +11,13 @@ module only arranges the inputs the way MS-SMB2 prescribes:
 * :class:`Signer` and its three algorithms: MS-SMB2 3.1.4.1 (signing) and 3.1.5.1 (verifying).
 * :func:`encrypt`, :func:`decrypt`, :func:`parse_transform_header`: MS-SMB2 3.1.4.3 and 3.1.5.1
   with the SMB2 TRANSFORM_HEADER of 2.2.41.
+* :func:`decrypt_received`: what the client and the server core both do with a received
+  TRANSFORM_HEADER (MS-SMB2 3.2.5.1.1.1, 3.3.5.2.1.1).
 
 Errors: :class:`SMBCryptoError` for everything that can come from the peer (a short or malformed
 transform, a bad tag, an unknown cipher id); ``ValueError`` for arguments only a caller's bug can
-produce (a key or nonce of the wrong size, a missing pre-auth hash).
+produce (a key or nonce of the wrong size, a missing pre-auth hash). :func:`decrypt_received`,
+which the connections call at their receive boundary, raises their ``RemoteProtocolError``.
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, Protocol, TypeAlias, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import cmac, constant_time, hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 
-from .header import HEADER_SIZE, SIGNATURE_OFFSET, TRANSFORM_PROTOCOL_ID, Command, Flags
+from .errors import RemoteProtocolError
+from .header import HEADER_SIZE, PROTOCOL_ID, SIGNATURE_OFFSET, TRANSFORM_PROTOCOL_ID, Command, Flags
 from .negotiate import Dialect
+from .ntstatus import NTStatus
 
 __all__ = [
     "SIGNATURE_OFFSET",
@@ -51,6 +56,7 @@ __all__ = [
     "CipherId",
     "Dialect",
     "HmacSha256Signer",
+    "KeyedSession",
     "PreauthHash",
     "SMBCryptoError",
     "SessionKeys",
@@ -59,6 +65,7 @@ __all__ = [
     "TransformHeader",
     "decrypt",
     "decrypt_in_place",
+    "decrypt_received",
     "derive_session_keys",
     "encrypt",
     "encrypt_in_place",
@@ -720,8 +727,10 @@ def decrypt_in_place(
 ) -> memoryview:
     """:func:`decrypt` into the message's own buffer: the SMB2 message, a ``memoryview`` of
     ``transform_message`` (writable) from the end of the TRANSFORM_HEADER, where the
-    ciphertext was. Same checks and errors as :func:`decrypt`; when the tag does not verify,
-    the buffer holds unauthenticated bytes and must be dropped (the receiver disconnects).
+    ciphertext was. Same checks and errors as :func:`decrypt`. When the tag does not verify,
+    the bytes after the header are zeroed before :class:`SMBCryptoError` is raised, so the
+    buffer never holds unauthenticated plaintext (GCM decrypts before it can check the tag);
+    when a check before decryption fails, the buffer is left as it was.
     With GCM nothing is allocated (an 8 MiB WRITE costs no fresh 8 MiB); CCM decrypts into a
     new buffer and copies the result back.
     """
@@ -742,10 +751,69 @@ def decrypt_in_place(
             sealed = b"".join((ciphertext, header.signature))
             ciphertext[:] = AESCCM(key_bytes).decrypt(nonce, sealed, associated_data)
     except InvalidTag:
+        ciphertext[:] = bytes(len(ciphertext))
         raise SMBCryptoError(
             f"encrypted message for session {header.session_id:#x} failed authentication"
         ) from None
     return ciphertext
+
+
+class KeyedSession(Protocol):
+    """What :func:`decrypt_received` needs of a session: its keys (None until it has them)."""
+
+    @property
+    def keys(self) -> SessionKeys | None: ...
+
+
+_Session = TypeVar("_Session", bound=KeyedSession)
+
+
+def decrypt_received(
+    transform_message: memoryview,
+    cipher: CipherId | None,
+    find_session: Callable[[int], _Session | None],
+    *,
+    server: bool,
+) -> tuple[memoryview, _Session]:
+    """Open one received encrypted PDU: the SMB2 message in it and the session it is for.
+
+    MS-SMB2 3.3.5.2.1.1 (``server=True``) and 3.2.5.1.1.1: the TRANSFORM_HEADER's SessionId
+    names the session (``find_session``, the connection's ``sessions.get``), whose
+    DecryptionKey opens the message (:meth:`SessionKeys.decryption_key` of this side). A
+    writable ``transform_message`` is decrypted where it lies (:func:`decrypt_in_place`): the
+    result is a view of the caller's buffer, which is overwritten, so an 8 MiB WRITE costs no
+    new 8 MiB; a read-only one is decrypted into a new buffer (:func:`decrypt`).
+
+    Raises :class:`~smbcore.errors.RemoteProtocolError` with ACCESS_DENIED when the
+    connection has no cipher, the transform is malformed or the tag does not verify (a
+    writable buffer is then left with no decrypted byte); for a session that is unknown or
+    has no keys yet, USER_SESSION_DELETED on the server and ACCESS_DENIED on the client. The
+    client also refuses a decrypted message that is not SMB2 (INVALID_NETWORK_RESPONSE).
+    """
+    if cipher is None:
+        raise RemoteProtocolError(
+            "encrypted message on a connection without a cipher", NTStatus.ACCESS_DENIED
+        )
+    try:
+        transform = parse_transform_header(transform_message)
+        session = find_session(transform.session_id)
+        if session is None or session.keys is None:
+            raise RemoteProtocolError(
+                f"encrypted message for unknown session {transform.session_id:#x}",
+                NTStatus.USER_SESSION_DELETED if server else NTStatus.ACCESS_DENIED,
+            )
+        key = session.keys.decryption_key(server=server)
+        if transform_message.readonly:
+            plain = memoryview(decrypt(transform_message, key, cipher))
+        else:
+            plain = decrypt_in_place(transform_message, key, cipher)
+    except SMBCryptoError as exc:
+        raise RemoteProtocolError(str(exc), NTStatus.ACCESS_DENIED) from None
+    if not server and bytes(plain[:4]) != PROTOCOL_ID:
+        raise RemoteProtocolError(
+            "decrypted message is not an SMB2 message", NTStatus.INVALID_NETWORK_RESPONSE
+        )
+    return plain, session
 
 
 def random_nonce(cipher: CipherId | int, randbytes: Callable[[int], bytes] = os.urandom) -> bytes:

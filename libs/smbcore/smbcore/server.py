@@ -764,15 +764,19 @@ class ServerConnection:
         return out
 
     def receive_pdu(self, pdu: bytes | bytearray | memoryview) -> None:
-        """Process one PDU. A malformed PDU closes the connection with :class:`RemoteProtocolError`."""
+        """Process one PDU. A malformed PDU closes the connection with :class:`RemoteProtocolError`.
+
+        A writable ``pdu`` is the core's from then on: an encrypted one is decrypted where it
+        lies and the requests in it (a WRITE's data) are views of it until they are answered.
+        """
         if self.state is ConnState.CLOSED:
             raise RemoteProtocolError("connection closed")
         view = memoryview(pdu)
         self.bytes_received += view.nbytes
         try:
             if bytes(view[:4]) == TRANSFORM_PROTOCOL_ID:
-                plain, session = self._decrypt(view)
-                self._process_chain(memoryview(plain), encrypted_for=session)
+                plain, session = crypto.decrypt_received(view, self.cipher, self.sessions.get, server=True)
+                self._process_chain(plain, encrypted_for=session)
             elif bytes(view[:4]) == PROTOCOL_ID:
                 self._process_chain(view, encrypted_for=None)
             else:
@@ -797,24 +801,6 @@ class ServerConnection:
             self.server.stop_waiting(waiting)
 
     # -- compounds, signing, encryption ---------------------------------------------------------
-
-    def _decrypt(self, view: memoryview) -> tuple[bytes, Session]:
-        if self.cipher is None:
-            raise RemoteProtocolError(
-                "encrypted message on a connection without a cipher", NTStatus.ACCESS_DENIED
-            )
-        try:
-            transform = crypto.parse_transform_header(view)
-            session = self.sessions.get(transform.session_id)
-            if session is None or session.keys is None:
-                raise RemoteProtocolError(
-                    f"encrypted message for unknown session {transform.session_id:#x}",
-                    NTStatus.USER_SESSION_DELETED,
-                )
-            plain = crypto.decrypt(view, session.keys.decryption_key(server=True), self.cipher)
-        except crypto.SMBCryptoError as exc:
-            raise RemoteProtocolError(str(exc), NTStatus.ACCESS_DENIED) from None
-        return plain, session
 
     def _process_chain(self, view: memoryview, encrypted_for: Session | None) -> None:
         self._continue(_Chain(view, encrypted_for, received_at=self.server.clock()))
