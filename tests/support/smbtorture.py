@@ -66,6 +66,7 @@ SUITES = (
     Suite("smb2.session", ("smb2.session",), timeout=90.0),
     _single("smb2.ioctl.network_interface_info"),
     _single("smb2.multichannel.generic"),
+    _single("smb2.streams"),
     # All of smb2.notify but ``mask``, which alone takes 80 s (its design: against smbd as long).
     Suite(
         "smb2.notify",

@@ -940,3 +940,23 @@ async def test_a_renamed_file_is_marked_for_archiving(service: tuple[FsFileServi
     reader = opened(create(svc, share, "d\\g.bin", 0x80, 7, disposition=1))  # FILE_READ_ATTRIBUTES
     status, basic = query(svc, share, reader, InfoType.FILE, FileInfoClass.BASIC)
     assert status == NTStatus.SUCCESS and int.from_bytes(basic[32:36], "little") & fi.FileAttributes.ARCHIVE
+
+
+def test_streams_share_apart_but_tie_deletion_to_their_file(
+    service: tuple[FsFileService, Share, Path],
+) -> None:
+    svc, share, root = service
+    (root / "f.txt").write_bytes(b"base")
+    stream = opened(create(svc, share, "f.txt:s", READ_DATA | 0x2, 0, disposition=2))  # no sharing at all
+    other = opened(create(svc, share, "f.txt:t", READ_DATA | 0x2, 0, disposition=2))  # another stream: fine
+    reader = opened(create(svc, share, "f.txt", READ_DATA, 7, disposition=1))  # the file itself: fine
+    assert create(svc, share, "f.txt", DELETE, 7, disposition=1)[0] == NTStatus.SHARING_VIOLATION
+    for handle in (stream, other):
+        assert close(svc, share, handle) == NTStatus.SUCCESS
+    shared = opened(create(svc, share, "f.txt:s", READ_DATA, 7, disposition=1))  # shares delete
+    deleter = opened(create(svc, share, "f.txt", DELETE, 7, disposition=1))
+    assert dispose(svc, share, deleter) == NTStatus.SUCCESS
+    assert create(svc, share, "f.txt:s", READ_DATA, 7, disposition=1)[0] == NTStatus.DELETE_PENDING
+    for handle in (deleter, reader, shared):
+        assert close(svc, share, handle) == NTStatus.SUCCESS
+    assert not (root / "f.txt").exists()

@@ -17,6 +17,7 @@ from smbcore.fileops import CreateAction, CreateDisposition, CreateOptions
 from smbcore.fs import (
     ERRNO_STATUS,
     MAX_FILE_SIZE,
+    MAX_STREAM_SIZE,
     STATUS_CANNOT_DELETE,
     STATUS_DISK_FULL,
     STATUS_MEDIA_WRITE_PROTECTED,
@@ -27,6 +28,7 @@ from smbcore.fs import (
     compile_pattern,
     grant_access,
     split_smb_path,
+    split_stream,
     status_of,
 )
 from smbcore.ntstatus import NTStatus
@@ -868,3 +870,98 @@ def test_resolve(share: FsShare, root: Path) -> None:
     assert refused(share.resolve, "..\\x") == NTStatus.OBJECT_PATH_SYNTAX_BAD
     assert refused(share.resolve, "\\x") == NTStatus.INVALID_PARAMETER
     assert refused(share.resolve, "a:b") == NTStatus.OBJECT_NAME_INVALID
+
+
+# -- named streams ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("file.txt", ("file.txt", None)),
+        ("file.txt::$DATA", ("file.txt", None)),
+        ("dir\\file.txt:s1", ("dir\\file.txt", "s1")),
+        ("dir\\file.txt:Zone.Identifier:$data", ("dir\\file.txt", "Zone.Identifier")),
+        ("dir:with space", ("dir", "with space")),
+    ],
+)
+def test_split_stream(path: str, expected: tuple[str, str | None]) -> None:
+    assert split_stream(path) == expected
+
+
+@pytest.mark.parametrize("path", ["f:s:$INDEX_ALLOCATION", "f:", "f:s:$DATA:x", "f:a/b", "f:a\x00b"])
+def test_split_stream_refusals(path: str) -> None:
+    assert refused(split_stream, path) == NTStatus.OBJECT_NAME_INVALID
+
+
+def test_named_streams_hold_their_own_data(share: FsShare, root: Path) -> None:
+    if not share.xattrs:
+        pytest.skip("the filesystem keeps no user extended attributes")
+    with share.open("file.txt:Extra", D.CREATE, 0, RW | DELETE) as h:
+        assert h.create_action == A.CREATED and h.stat().end_of_file == 0
+        assert h.pwrite(b"stream data", 0) == 11
+        assert h.pwrite(b"!", 20) == 1  # past the end: a gap of zeros
+        assert h.pread(100, 0) == b"stream data" + bytes(9) + b"!"
+        h.truncate(6)
+        assert h.stat().end_of_file == 6 and not h.stat().is_directory
+        with share.open("file.txt", D.OPEN, 0, READ) as file:
+            assert h.identity != file.identity and h.identity[0] == file.identity[0]
+        assert h.open_info().name == "\\file.txt:Extra"
+    assert (root / "file.txt").read_bytes() == b"hello world"  # the file's data is untouched
+    with share.open("FILE.TXT:extra:$DATA", D.OPEN, 0, READ) as h:  # names ignore case
+        assert h.pread(100, 0) == b"stream"
+        assert h.streams() == (("Extra", 6),)
+    assert refused(share.open, "file.txt:extra", D.CREATE, 0, RW) == NTStatus.OBJECT_NAME_COLLISION
+    assert refused(share.open, "file.txt:other", D.OPEN, 0, READ) == NTStatus.OBJECT_NAME_NOT_FOUND
+    with share.open("file.txt:extra", D.OVERWRITE_IF, 0, RW) as h:
+        assert h.create_action == A.OVERWRITTEN and h.pread(10, 0) == b""
+    with share.open("file.txt:extra", D.OPEN, 0, DELETE | READ) as h:
+        h.set_delete_on_close(True)
+    with share.open("file.txt", D.OPEN, 0, READ) as h:
+        assert h.streams() == ()
+    assert refused(share.open, "file.txt:s", D.CREATE, O.DIRECTORY_FILE, RW) == NTStatus.NOT_A_DIRECTORY
+
+
+def test_creating_a_stream_creates_its_file(share: FsShare, root: Path) -> None:
+    if not share.xattrs:
+        pytest.skip("the filesystem keeps no user extended attributes")
+    assert refused(share.open, "new.txt:s", D.OPEN, 0, READ) == NTStatus.OBJECT_NAME_NOT_FOUND
+    with share.open("new.txt:s", D.OPEN_IF, 0, RW) as h:
+        h.pwrite(b"x" * 100, 0)
+    assert (root / "new.txt").read_bytes() == b""
+    with share.open("dir:s", D.CREATE, 0, RW) as h:  # a directory has streams too
+        h.pwrite(b"d", 0)
+    with share.open("dir", D.OPEN, O.DIRECTORY_FILE, READ) as d:
+        assert d.streams() == (("s", 1),)
+        assert d.list_directory("*")[2:][0][0] == "inner.bin"  # streams are not entries
+
+
+def test_a_stream_too_large_for_an_attribute_is_disk_full(share: FsShare) -> None:
+    if not share.xattrs:
+        pytest.skip("the filesystem keeps no user extended attributes")
+    with share.open("file.txt:big", D.CREATE, 0, RW) as h:
+        assert refused(h.pwrite, b"x", MAX_STREAM_SIZE) == STATUS_DISK_FULL
+
+
+def test_normalized_name_is_the_stored_case(share: FsShare, root: Path) -> None:
+    (root / "dir" / "MiXed.TXT").write_bytes(b"")
+    with share.open("DIR\\mixed.txt", D.OPEN, 0, READ) as h:
+        info = h.open_info()
+        assert info.name == "\\DIR\\mixed.txt" and info.normalized_name == "\\dir\\MiXed.TXT"
+
+
+def test_a_stream_is_renamed_within_its_file(share: FsShare) -> None:
+    if not share.xattrs:
+        pytest.skip("the filesystem keeps no user extended attributes")
+    for name in ("one", "two"):
+        with share.open(f"file.txt:{name}", D.CREATE, 0, RW) as h:
+            h.pwrite(name.encode(), 0)
+    with share.open("file.txt:one", D.OPEN, 0, RW | DELETE) as h:
+        assert refused(h.rename, ":TWO", replace=False) == NTStatus.OBJECT_NAME_COLLISION
+        assert refused(h.rename, "other.txt", replace=False) == NTStatus.INVALID_PARAMETER
+        assert refused(h.rename, "::$DATA", replace=True) == NTStatus.INVALID_PARAMETER
+        h.rename(":renamed:$DATA", replace=False)
+        assert h.smb_path == "file.txt:renamed" and h.pread(10, 0) == b"one"
+        h.rename(":two", replace=True)
+        assert h.streams() == (("two", 3),)
+        assert h.pread(10, 0) == b"one"

@@ -108,6 +108,9 @@ class FileStat:
     delete_pending: bool
     is_directory: bool
     ea_size: int = 0
+    #: The named data streams, (name, size) each, for FileStreamInformation; filled only
+    #: when that class is asked for.
+    streams: tuple[tuple[str, int], ...] = ()
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -283,7 +286,9 @@ class OpenInfo:
 
     ``name`` is the path FileAllInformation and FileNameInformation report: from the share
     root with a leading backslash (``\\dir\\file.txt``; ``\\`` for the root), as Windows and
-    Samba answer over SMB2. FileNormalizedNameInformation reports it without that backslash.
+    Samba answer over SMB2. FileNormalizedNameInformation reports ``normalized_name`` (the same
+    path with each name as the filesystem has it: long names in their stored case; ``name``
+    when empty) without that backslash.
     """
 
     name: str = ""
@@ -291,6 +296,7 @@ class OpenInfo:
     position: int = 0
     mode: int = 0
     alignment: int = 0  # FILE_BYTE_ALIGNMENT
+    normalized_name: str = ""
 
 
 @structure
@@ -422,18 +428,19 @@ def encode_attribute_tag(st: FileStat) -> bytes:
 
 
 def encode_stream(st: FileStat) -> bytes:
-    """[MS-FSCC] 2.4.40 FileStreamInformation: a file has its one unnamed data stream
-    ``::$DATA``; a directory has none (empty output, as NTFS and Samba answer)."""
-    if st.is_directory:
-        return b""
-    name = "::$DATA".encode("utf-16-le")
-    return (
-        _U32.pack(0)
-        + _U32.pack(len(name))
-        + _I64.pack(_clamp64(st.end_of_file))
-        + _I64.pack(_clamp64(st.allocation_size))
-        + name
-    )
+    """[MS-FSCC] 2.4.40 FileStreamInformation: a file's unnamed data stream ``::$DATA`` (a
+    directory has none, as on NTFS), then its named streams ``:NAME:$DATA``; each entry
+    8-byte aligned. Empty output for a directory without named streams."""
+    entries = [] if st.is_directory else [("::$DATA", st.end_of_file, st.allocation_size)]
+    entries += [(f":{name}:$DATA", size, _round_up(size, 8)) for name, size in st.streams]
+    out = bytearray()
+    for i, (name, size, allocation) in enumerate(entries):
+        raw = name.encode("utf-16-le")
+        entry = _U32.pack(len(raw)) + _I64.pack(_clamp64(size)) + _I64.pack(_clamp64(allocation)) + raw
+        length = 4 + len(entry)
+        padded = _round_up(length, 8) if i + 1 < len(entries) else length
+        out += _U32.pack(padded if i + 1 < len(entries) else 0) + entry + bytes(padded - length)
+    return bytes(out)
 
 
 def encode_compression(st: FileStat) -> bytes:
@@ -571,7 +578,8 @@ def encode_file_info(info_class: int, st: FileStat, open_info: OpenInfo | None =
         return encode_compression(st)
     if info_class == FileInfoClass.NORMALIZED_NAME:
         # Relative to the share, without the leading backslash; "" for the root (as Samba).
-        return encode_name(o.name[1:] if o.name.startswith("\\") else o.name)
+        name = o.normalized_name or o.name
+        return encode_name(name[1:] if name.startswith("\\") else name)
     if info_class in _QUERY_NOT_SUPPORTED:
         raise InfoClassError("QUERY_INFO file", info_class, NTStatus.NOT_SUPPORTED)
     raise InfoClassError("QUERY_INFO file", info_class)
@@ -977,8 +985,10 @@ class FsAttributes(IntFlag):
     SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
 
 
-#: What a POSIX directory tree served by :mod:`smbcore.fs` honestly offers: names are matched
-#: case-sensitively and kept as given, in Unicode. No ACLs, streams, sparse or reparse support.
+#: What a POSIX directory tree served by :mod:`smbcore.fs` offers before its extended attributes
+#: are known (they add EAs, ACLs and named streams): names kept as given, in Unicode (an
+#: :class:`~smbcore.fs.FsShare` matches them case-insensitively unless told otherwise). No sparse
+#: or reparse support.
 POSIX_FS_ATTRIBUTES = (
     FsAttributes.CASE_SENSITIVE_SEARCH | FsAttributes.CASE_PRESERVED_NAMES | FsAttributes.UNICODE_ON_DISK
 )

@@ -72,7 +72,7 @@ from .fileops import (
     encode_read_response_head,
     encode_write_response,
 )
-from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare, grant_access
+from .fs import KEPT_ATTRIBUTES, FsError, FsHandle, FsShare, file_identity, grant_access
 from .messages import EMPTY4, encode_error
 from .notify import ChangeNotifyRequest, Inotify, Watch, encode_notify_information
 from .ntstatus import NTStatus
@@ -129,13 +129,31 @@ class OpenFiles:
     which access and sharing (MS-FSA 2.1.5.1.2), and whether it is to be deleted once its
     last open closes (delete pending, MS-FSA 2.1.5.4, 2.1.5.15.3). While a file is delete
     pending it stays where it is (listed, keeping its directory from being removed) and new
-    opens of it are refused with STATUS_DELETE_PENDING."""
+    opens of it are refused with STATUS_DELETE_PENDING.
+
+    A named stream (see :func:`smbcore.fs.stream_identity`) has its own sharing, as on NTFS,
+    with two ties to its file: a stream of a delete-pending file is delete pending too, and an
+    open of the file with DELETE access conflicts with any stream open not sharing delete.
+    """
 
     def __init__(self) -> None:
         self._files: dict[tuple[int, int], _File] = {}
+        self._streams: dict[tuple[int, int], set[tuple[int, int]]] = {}  # file -> its open streams
         self._guard = threading.Lock()
 
-    def _refuse(self, file: _File | None, wanted: _Sharing) -> None:
+    def _refuse(self, key: tuple[int, int], wanted: _Sharing) -> None:
+        file = self._files.get(key)
+        owner = file_identity(key)
+        if owner != key and (parent := self._files.get(owner)) is not None and parent.delete_pending:
+            raise FsError(NTStatus.DELETE_PENDING, "its file is to be deleted once its opens close")
+        if owner == key and wanted.access & _DELETES:
+            for stream in self._streams.get(key, ()):
+                if any(
+                    not held.share_access & FILE_SHARE_DELETE for held in self._files[stream].sharing.values()
+                ):
+                    raise FsError(
+                        NTStatus.SHARING_VIOLATION, "a stream of the file is open, not sharing delete"
+                    )
         if file is None:
             return
         if file.delete_pending:
@@ -147,7 +165,7 @@ class OpenFiles:
         """Raise STATUS_DELETE_PENDING or STATUS_SHARING_VIOLATION if an open like this would be
         refused."""
         with self._guard:
-            self._refuse(self._files.get(key), _Sharing(access, share_access))
+            self._refuse(key, _Sharing(access, share_access))
 
     def check_pending(self, key: tuple[int, int]) -> None:
         """Raise STATUS_DELETE_PENDING if the file is delete pending."""
@@ -157,7 +175,9 @@ class OpenFiles:
         """Register an open, checking again under the lock (another open may have won the race)."""
         wanted = _Sharing(access, share_access)
         with self._guard:
-            self._refuse(self._files.get(key), wanted)
+            self._refuse(key, wanted)
+            if file_identity(key) != key:
+                self._streams.setdefault(file_identity(key), set()).add(key)
             file = self._files.setdefault(key, _File())
             file.opens[id(opened)] = opened
             if access & _SHARE_CHECKED:
@@ -187,6 +207,10 @@ class OpenFiles:
             if file.opens:
                 return False
             del self._files[key]
+            if (owner := file_identity(key)) != key and (streams := self._streams.get(owner)) is not None:
+                streams.discard(key)
+                if not streams:
+                    del self._streams[owner]
             return file.delete_pending
 
     def opens(self) -> list[OpenFile]:
@@ -877,6 +901,8 @@ class FsFileService:
             if req.info_class == FileInfoClass.FULL_EA:
                 return self._query_eas(handle, req)
             st = replace(handle.stat(), delete_pending=self._files.delete_pending(handle.identity))
+            if req.info_class == FileInfoClass.STREAM:
+                st = replace(st, streams=handle.streams())
             data = encode_file_info(req.info_class, st, handle.open_info())
             minimum = FILE_INFO_MIN_SIZE.get(req.info_class, 0)
         elif req.info_type == InfoType.FILESYSTEM:

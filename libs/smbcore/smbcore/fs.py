@@ -8,8 +8,8 @@ answer; every ``OSError`` is translated through the one table :data:`ERRNO_STATU
 Paths (:func:`split_smb_path`): SMB paths are backslash-separated and relative to the share
 root; ``""`` is the root. Refused, with the statuses Windows and Samba answer: a leading
 backslash (STATUS_INVALID_PARAMETER, MS-SMB2 3.3.5.9); a character NTFS does not allow in a
-name (``"*/:<>?|`` and 0x00-0x1F) or a stream other than the default ``name::$DATA``
-(STATUS_OBJECT_NAME_INVALID: this backend has no named streams); an empty component in the
+name (``"*/:<>?|`` and 0x00-0x1F), except the stream suffix of the last component (below)
+(STATUS_OBJECT_NAME_INVALID); an empty component in the
 middle (``a\\\\b``) or a component over 255 bytes (STATUS_OBJECT_NAME_INVALID); ``..`` that
 climbs above the root (STATUS_OBJECT_PATH_SYNTAX_BAD, as Samba's ``check_path_syntax``).
 ``..`` inside the share and ``.`` are resolved lexically, as Samba does; one trailing
@@ -56,6 +56,15 @@ filesystem has them (the volume then says FILE_SUPPORTS_EXTENDED_ATTRIBUTES):
 A change time a client sets is kept in memory (POSIX cannot set ctime) and reported until
 the file's real ctime moves on, that is until the next change.
 
+Named streams (``file.txt:name`` or ``file.txt:name:$DATA``; ``file.txt::$DATA`` is the file
+itself) live in extended attributes of their file, ``user.ferry.stream.NAME`` (names kept as
+created, matched case-insensitively), so they follow it through renames and go with it. An open
+stream is an :class:`FsStreamHandle`: data calls read and rewrite that attribute, everything
+else (times, attributes, EAs, security) is the file's. Creating a stream creates its file if
+need be, as NTFS does. Where the filesystem keeps no user attributes there are no streams
+(STATUS_OBJECT_NAME_INVALID); a stream is as large as the filesystem lets one attribute be
+(64 KiB at most; ext4 without ``ea_inode`` about 4 KiB), beyond that STATUS_DISK_FULL.
+
 Short names: :func:`smbcore.fileinfo.short_name` gives each name that is not 8.3 a stable
 short form; a path component that is not found is also looked up by that form (in the same
 scan as the case-insensitive lookup).
@@ -67,6 +76,7 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import stat as statmod
@@ -124,6 +134,7 @@ STATUS_DISK_FULL = 0xC000007F
 STATUS_MEDIA_WRITE_PROTECTED = 0xC00000A2
 STATUS_NOT_SAME_DEVICE = 0xC00000D4
 STATUS_CANNOT_DELETE = 0xC0000121
+STATUS_FILE_DELETED = 0xC0000123
 STATUS_IO_DEVICE_ERROR = 0xC0000185
 
 
@@ -198,6 +209,23 @@ def _component_error(name: str) -> str | None:
     if len(encoded) > MAX_COMPONENT_BYTES:
         return f"name of {len(encoded)} bytes"
     return None
+
+
+def split_stream(smb_path: str) -> tuple[str, str | None]:
+    """``smb_path`` without the stream suffix of its last component, and the stream's name
+    (None: the file itself, as without a suffix or with ``::$DATA``). Stream types other than
+    ``$DATA``, and names with a separator (``\\ / :``) or NUL, are STATUS_OBJECT_NAME_INVALID
+    (control characters, ``*`` and ``?`` are allowed, as on NTFS)."""
+    head, sep, last = smb_path.rpartition("\\")
+    base, colon, rest = last.partition(":")
+    if not colon:
+        return smb_path, None
+    name, typed, kind = rest.partition(":")
+    if (typed and kind.upper() != "$DATA") or (not name and not typed) or ":" in kind:
+        raise FsError(NTStatus.OBJECT_NAME_INVALID, f"stream {last!r}")
+    if name and (any(c in "\\/\0" for c in name) or len(name.encode("utf-8", "replace")) > 255):
+        raise FsError(NTStatus.OBJECT_NAME_INVALID, f"stream name {name!r}")
+    return head + sep + base, name or None
 
 
 def split_smb_path(smb_path: str) -> tuple[str, ...]:
@@ -447,6 +475,9 @@ XATTR_USER = "user."
 XATTR_CREATION_TIME = "user.ferry.creation_time"
 XATTR_SECURITY = "user.ferry.security"
 XATTR_ATTRIBUTES = "user.ferry.attributes"
+XATTR_STREAM_PREFIX = "user.ferry.stream."
+#: Linux's XATTR_SIZE_MAX: no attribute value, so no stream, can be larger.
+MAX_STREAM_SIZE = 65536
 #: ``user.`` attributes that are not EAs (lower-case: client EA names are upper-cased).
 _PRIVATE_XATTRS = ("user.ferry.", "user.DOSATTRIB", "user.DosStream.", "user.SAMBA_")
 _SD_SNAPSHOT = struct.Struct("<III")  # uid, gid, mode the stored descriptor was applied as
@@ -455,7 +486,9 @@ _FILETIME = struct.Struct("<q")
 
 #: What the volume offers where it keeps extended attributes: EAs, and descriptors that are
 #: kept and enforced (through the permission bits).
-_XATTR_FS_ATTRIBUTES = FsAttributes.SUPPORTS_EXTENDED_ATTRIBUTES | FsAttributes.PERSISTENT_ACLS
+_XATTR_FS_ATTRIBUTES = (
+    FsAttributes.SUPPORTS_EXTENDED_ATTRIBUTES | FsAttributes.PERSISTENT_ACLS | FsAttributes.NAMED_STREAMS
+)
 
 
 def _is_ea(xattr: str) -> bool:
@@ -815,7 +848,14 @@ class FsShare:
             raise FsError(NTStatus.ACCESS_DENIED, "DELETE_ON_CLOSE without DELETE access")
         if self.read_only and disp not in (CreateDisposition.OPEN, CreateDisposition.OPEN_IF):
             raise FsError(NTStatus.ACCESS_DENIED, f"{disp.name} on a read-only share")
-        comps = split_smb_path(smb_path)
+        path, stream = split_stream(smb_path)
+        comps = split_smb_path(path)
+        if stream is not None:
+            if want_dir:
+                raise FsError(NTStatus.NOT_A_DIRECTORY, f"stream {stream!r} opened as a directory")
+            return self._open_stream(
+                comps, stream, disp, access, delete_on_close, create_options, before_open, file_attributes
+            )
         maximum = bool(desired_access & AccessMask.MAXIMUM_ALLOWED)
         for attempt in range(2):
             try:
@@ -904,6 +944,68 @@ class FsShare:
             named.close()
             if phys is not named:
                 phys.close()
+
+    def _open_stream(
+        self,
+        comps: tuple[str, ...],
+        stream: str,
+        disp: CreateDisposition,
+        access: int,
+        delete_on_close: bool,
+        options: int,
+        before_open: Callable[[tuple[int, int]], None] | None,
+        file_attributes: int,
+    ) -> FsStreamHandle:
+        """CREATE of a named stream (see the module docstring): its file is opened (created,
+        unless the disposition only opens), then the disposition applies to the stream."""
+        if not self.xattrs:
+            raise FsError(NTStatus.OBJECT_NAME_INVALID, "no named streams on this filesystem")
+        opens_only = disp in (CreateDisposition.OPEN, CreateDisposition.OVERWRITE)
+        file_disp = CreateDisposition.OPEN if opens_only else CreateDisposition.OPEN_IF
+        for attempt in range(2):
+            try:
+                base = self._open(
+                    comps, file_disp, False, False, AccessMask.FILE_READ_ATTRIBUTES, False, False, 0, None,
+                    file_attributes,
+                )  # fmt: skip
+                break
+            except FileExistsError:
+                if attempt:
+                    raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"{comps[-1]!r} appeared") from None
+        try:
+            stored = _stream_xattr(base.fileno(), stream)
+            identity = stream_identity(
+                base.identity, stored[len(XATTR_STREAM_PREFIX) :] if stored else stream
+            )
+            if stored is not None and before_open is not None:
+                before_open(identity)
+            if stored is None:
+                if opens_only:
+                    raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no stream {stream!r}")
+                stored, action = XATTR_STREAM_PREFIX + stream, CreateAction.CREATED
+                _set_stream(base.fileno(), stored, b"", os.XATTR_CREATE)
+            elif disp == CreateDisposition.CREATE:
+                raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"stream {stream!r} exists")
+            elif disp in (
+                CreateDisposition.SUPERSEDE,
+                CreateDisposition.OVERWRITE,
+                CreateDisposition.OVERWRITE_IF,
+            ):
+                _set_stream(base.fileno(), stored, b"")
+                action = (
+                    CreateAction.SUPERSEDED
+                    if disp == CreateDisposition.SUPERSEDE
+                    else CreateAction.OVERWRITTEN
+                )
+            else:
+                action = CreateAction.OPENED
+        except BaseException:
+            base.close()
+            raise
+        handle = FsStreamHandle(base, stored, access, action, identity, options & _MODE_OPTIONS)
+        if delete_on_close:
+            handle.set_delete_on_close(True)
+        return handle
 
     def _create(self, where: _Where, want_dir: bool, access: int) -> int:
         assert where.parent_fd is not None
@@ -1215,7 +1317,29 @@ class FsHandle:
 
     def open_info(self) -> OpenInfo:
         """What the information classes report about this open (its name from the root)."""
-        return OpenInfo("\\" + self.smb_path, self.granted_access, self.position, self.mode)
+        stored = self.smb_path if self._via_link else "\\".join(self._rel) + self._stream_suffix()
+        return OpenInfo(
+            "\\" + self.smb_path, self.granted_access, self.position, self.mode, normalized_name="\\" + stored
+        )
+
+    def _stream_suffix(self) -> str:
+        return ""
+
+    def streams(self) -> tuple[tuple[str, int], ...]:
+        """The file's named streams, (name, size) each, in name order (FileStreamInformation)."""
+        self._check_open()
+        if not self.share.xattrs:
+            return ()
+        out = []
+        try:
+            for xattr in os.listxattr(self._fd):
+                if xattr.startswith(XATTR_STREAM_PREFIX):
+                    value = _getxattr(self._fd, xattr)
+                    if value is not None:
+                        out.append((xattr[len(XATTR_STREAM_PREFIX) :], len(value)))
+        except OSError as exc:
+            raise _os_error(exc, f"streams of {self.smb_path!r}") from None
+        return tuple(sorted(out, key=lambda e: (_fold(e[0]), e[0])))
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -1690,3 +1814,183 @@ class FsHandle:
             # ENOTEMPTY is expected: CREATE's DELETE_ON_CLOSE on a directory that is not empty.
             level = logging.DEBUG if exc.errno == errno.ENOTEMPTY else logging.WARNING
             log.log(level, "delete on close of %r failed: %s", self.smb_path, exc)
+
+
+# -- named streams ---------------------------------------------------------------------------------
+
+
+_INODE_BITS = (1 << 64) - 1
+
+
+def file_identity(identity: tuple[int, int]) -> tuple[int, int]:
+    """The identity of the file an identity belongs to (itself, unless a stream's)."""
+    return identity[0], identity[1] & _INODE_BITS
+
+
+def stream_identity(identity: tuple[int, int], name: str) -> tuple[int, int]:
+    """The identity of a named stream of the file ``identity``: its (st_dev, st_ino) with a
+    64-bit hash of the folded name above the inode's 64 bits, so every stream of every file
+    keys its own sharing modes, oplocks and byte-range locks, apart from the file's."""
+    digest = hashlib.blake2b(_fold(name).encode("utf-8"), digest_size=8).digest()
+    return identity[0], (identity[1] & _INODE_BITS) | ((int.from_bytes(digest, "little") | 1) << 64)
+
+
+def _stream_xattr(fd: int, name: str) -> str | None:
+    """The attribute holding stream ``name`` of the file open as ``fd`` (matched
+    case-insensitively), or None."""
+    want = _fold(name)
+    try:
+        for xattr in os.listxattr(fd):
+            if xattr.startswith(XATTR_STREAM_PREFIX) and _fold(xattr[len(XATTR_STREAM_PREFIX) :]) == want:
+                return xattr
+    except OSError as exc:
+        raise _os_error(exc, f"streams of stream {name!r}") from None
+    return None
+
+
+def _set_stream(fd: int, xattr: str, value: bytes | bytearray, flags: int = 0) -> None:
+    if len(value) > MAX_STREAM_SIZE:
+        raise FsError(STATUS_DISK_FULL, f"a stream of {len(value)} bytes")
+    try:
+        os.setxattr(fd, xattr, value, flags)
+    except OSError as exc:
+        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+            raise FsError(STATUS_DISK_FULL, f"a stream of {len(value)} bytes does not fit") from None
+        if exc.errno == errno.EEXIST:
+            raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"stream {xattr!r} exists") from None
+        raise _os_error(exc, f"write of stream {xattr!r}") from None
+
+
+class FsStreamHandle(FsHandle):
+    """An open named stream (see the module docstring): the data calls work on the
+    attribute holding it; the rest is the file's, through the file's descriptor."""
+
+    def __init__(
+        self, base: FsHandle, xattr: str, access: int, action: int, identity: tuple[int, int], mode: int
+    ) -> None:
+        name = xattr[len(XATTR_STREAM_PREFIX) :]
+        super().__init__(
+            share=base.share, fd=base._fd, parent_fd=base._parent_fd, name=base._name, rel=base._rel,
+            smb_path=f"{base.smb_path}:{name}", is_directory=False, granted_access=access,
+            create_action=action, identity=identity, via_link=base._via_link, mode=mode,
+        )  # fmt: skip
+        base._fd, base._parent_fd = -1, None  # this handle owns them now
+        self._xattr = xattr
+        self._guard = threading.Lock()  # read-modify-write of the attribute
+
+    def __repr__(self) -> str:
+        return f"<FsStreamHandle {self.smb_path!r}{' closed' if self.closed else ''}>"
+
+    def _stream_suffix(self) -> str:
+        return ":" + self._xattr[len(XATTR_STREAM_PREFIX) :]
+
+    def _value(self) -> bytes:
+        value = _getxattr(self._fd, self._xattr)
+        if value is None:
+            raise FsError(STATUS_FILE_DELETED, f"stream {self.smb_path!r} is gone")
+        return value
+
+    def stat(self) -> FileStat:
+        info = super().stat()
+        size = len(self._value())
+        attributes = info.attributes & ~FileAttributes.DIRECTORY or FileAttributes.NORMAL
+        return dataclasses.replace(
+            info, end_of_file=size, allocation_size=_round_up(size), attributes=attributes, is_directory=False
+        )
+
+    def pread(self, length: int, offset: int) -> bytes:
+        self._need(_DATA_READ, "read")
+        self._check_range(offset, length)
+        return self._value()[offset : offset + length]
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        data = self.pread(len(buffer), offset)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
+        self._need(_DATA_WRITE, "write")
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        self._check_range(offset, len(view))
+        if offset + len(view) > MAX_STREAM_SIZE:
+            raise FsError(STATUS_DISK_FULL, f"a stream write up to {offset + len(view)}")
+        with self._guard:
+            value = bytearray(self._value())
+            if offset > len(value):
+                value += bytes(offset - len(value))
+            value[offset : offset + len(view)] = view
+            _set_stream(self._fd, self._xattr, value)
+        return len(view)
+
+    def flush(self) -> None:
+        self._need(_DATA_WRITE, "flush")
+
+    def truncate(self, size: int) -> None:
+        self._need(AccessMask.FILE_WRITE_DATA, "set end of file")
+        self._check_range(size, 0)
+        with self._guard:
+            value = self._value()
+            _set_stream(self._fd, self._xattr, value[:size] + bytes(max(0, size - len(value))))
+
+    def set_allocation_size(self, size: int, *, check_access: bool = True) -> None:
+        if check_access:
+            self._need(AccessMask.FILE_WRITE_DATA, "set allocation")
+        self._check_range(size, 0)
+        with self._guard:
+            value = self._value()
+            if size < len(value):
+                _set_stream(self._fd, self._xattr, value[:size])
+
+    def check_delete(self, *, check_empty: bool = True, ignore_readonly: bool = False) -> None:
+        """A stream may go whenever the open has DELETE access (its file stays)."""
+        self._need(AccessMask.DELETE, "delete")
+        if self.share.read_only:
+            raise FsError(NTStatus.ACCESS_DENIED, f"deleting {self.smb_path!r}")
+
+    def rename(
+        self,
+        new_smb_path: str,
+        replace: bool,
+        before_rename: Callable[[tuple[int, int], tuple[int, int] | None], None] | None = None,
+    ) -> None:
+        """A stream is renamed within its file only: ``:NEW`` or ``:NEW:$DATA``. An existing
+        stream of that name is STATUS_OBJECT_NAME_COLLISION, or replaced with ``replace``; the
+        file's unnamed stream cannot be a target (STATUS_INVALID_PARAMETER)."""
+        self._need(AccessMask.DELETE, "rename")
+        if self.share.read_only:
+            raise FsError(NTStatus.ACCESS_DENIED, f"renaming {self.smb_path!r}")
+        if not new_smb_path.startswith(":"):
+            raise FsError(
+                NTStatus.INVALID_PARAMETER, f"a stream renamed to {new_smb_path!r}, not to a stream"
+            )
+        _, name = split_stream("x" + new_smb_path)
+        if name is None:
+            raise FsError(NTStatus.INVALID_PARAMETER, "a stream renamed to the file's unnamed stream")
+        with self._guard:
+            target = _stream_xattr(self._fd, name)
+            if target == self._xattr:
+                target = None  # a change of case
+            elif target is not None and not replace:
+                raise FsError(NTStatus.OBJECT_NAME_COLLISION, f"stream {name!r} exists")
+            if before_rename is not None:
+                file = file_identity(self._identity)
+                before_rename(file, None if target is None else stream_identity(file, name))
+            value = self._value()
+            new = XATTR_STREAM_PREFIX + name
+            _set_stream(self._fd, new, value, 0 if replace or target is None else os.XATTR_CREATE)
+            try:
+                if target is not None and target != new:
+                    os.removexattr(self._fd, target)
+                if new != self._xattr:
+                    os.removexattr(self._fd, self._xattr)
+            except OSError as exc:
+                raise _os_error(exc, f"rename of stream {self.smb_path!r}") from None
+            self._xattr = new
+            self.smb_path = f"{self.smb_path.rpartition(':')[0]}:{name}"
+
+    def _delete(self) -> None:
+        try:
+            os.removexattr(self._fd, self._xattr)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                log.warning("delete on close of %r failed: %s", self.smb_path, exc)
