@@ -14,6 +14,18 @@ from tests.support.procs import NatsServer
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def require_tool(tool: str | None, name: str, package: str = "") -> str:
+    """``tool`` (a path found by ``shutil.which``), or, when it is missing, skip locally and
+    fail in CI (nothing may be skipped there; scripts/setup.sh installs the peers as root)."""
+    if tool is None:
+        where = f"{package}; " if package else ""
+        message = f"{name} is not installed ({where}scripts/setup.sh installs it as root)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return tool
+
+
 def require_root() -> None:
     """Namespaces need root: without it, skip locally, but fail in CI (nothing may be skipped there)."""
     if os.geteuid() != 0:

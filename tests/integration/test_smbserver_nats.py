@@ -59,7 +59,7 @@ from smbprotocol.ioctl import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.procs import VENV_BIN, NatsServer, Service, free_port
 
 TARGET = "hv-target"
@@ -215,12 +215,7 @@ def exists(path: str | Path) -> bool:
 
 def smbclient_listing(target: Target) -> dict[str, str]:
     """``smbclient -L`` (Samba, over srvsvc) as alice: share name -> type."""
-    smbclient = shutil.which("smbclient")
-    if smbclient is None:
-        message = "smbclient is not installed (scripts/setup.sh installs it when run as root)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+    smbclient = require_tool(shutil.which("smbclient"), "smbclient")
     out = subprocess.run(
         [smbclient, "-L", "//127.0.0.1", "-p", str(target.smb_port), "-m", "SMB3", "-U", f"{USER}%{PASSWORD}",
          "--configfile=/dev/null"],

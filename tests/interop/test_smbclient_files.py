@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.smbserver import PASSWORD, USER, RunningServer, smb_server
 
 SMBCLIENT = shutil.which("smbclient")
@@ -20,10 +20,7 @@ GiB = 1 << 30
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Path]]:
-    if SMBCLIENT is None:
-        if IN_CI:
-            pytest.fail("smbclient is not installed (scripts/setup.sh installs it when run as root)")
-        pytest.skip("smbclient is not installed")
+    require_tool(SMBCLIENT, "smbclient")
     root = tmp_path_factory.mktemp("smbclient-files")
     with smb_server(root) as running:
         yield running, root / "data"

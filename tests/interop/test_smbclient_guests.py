@@ -14,7 +14,7 @@ import pytest
 from smbcore.messages import ShareType
 from smbcore.server import Share
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.smbserver import RunningServer, smb_server
 
 SMBCLIENT = shutil.which("smbclient")
@@ -26,10 +26,7 @@ LOGONS = {"no-password": ["-N"], "anonymous": ["-U", "%"], "guest": ["-U", "gues
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    if SMBCLIENT is None:
-        if IN_CI:
-            pytest.fail("smbclient is not installed (scripts/setup.sh installs it when run as root)")
-        pytest.skip("smbclient is not installed")
+    require_tool(SMBCLIENT, "smbclient")
     tmp = tmp_path_factory.mktemp("guests")
     for name in ("pub", "data"):
         (tmp / name).mkdir()

@@ -38,21 +38,12 @@ from smbprotocol.open import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.smbserver import PASSWORD, USER, RunningServer, smb_server
 
 SMBCLIENT = shutil.which("smbclient")
 RPCCLIENT = shutil.which("rpcclient")
 HIDDEN = "vm-migration-42$"
-
-
-def require(tool: str | None, name: str) -> str:
-    if tool is None:
-        message = f"{name} is not installed (scripts/setup.sh installs it when run as root)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return tool
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +86,7 @@ def listing(output: str) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("protection", ["sign", "encrypt"])
 def test_smbclient_lists_the_shares(server: RunningServer, protection: str) -> None:
-    smbclient = require(SMBCLIENT, "smbclient")
+    smbclient = require_tool(SMBCLIENT, "smbclient")
     out = run(
         smbclient, "-L", f"//{server.host}", "-p", str(server.port), "-m", "SMB3",
         f"--client-protection={protection}",
@@ -112,7 +103,7 @@ def test_smbclient_lists_the_shares(server: RunningServer, protection: str) -> N
 
 
 def test_a_share_added_at_run_time_is_listed(server: RunningServer) -> None:
-    smbclient = require(SMBCLIENT, "smbclient")
+    smbclient = require_tool(SMBCLIENT, "smbclient")
     args = ("-L", f"//{server.host}", "-p", str(server.port), "-m", "SMB3")
     table = server.server.settings.shares
     server.loop.call_soon_threadsafe(table.__setitem__, "late", Share("late", path="/nonexistent"))
@@ -124,7 +115,7 @@ def test_a_share_added_at_run_time_is_listed(server: RunningServer) -> None:
 
 
 def test_rpcclient_server_and_share_info(server: RunningServer) -> None:
-    rpcclient = require(RPCCLIENT, "rpcclient")
+    rpcclient = require_tool(RPCCLIENT, "rpcclient")
     commands = "srvinfo; netsharegetinfo data 1; netshareenumall 1"
     protocols = ("--option=clientmaxprotocol=SMB3", "--option=clientminprotocol=SMB2")
     out = run(rpcclient, "-p", str(server.port), *protocols, "-c", commands, server.host)
@@ -206,7 +197,7 @@ def test_smbprotocol_drives_the_pipe(server: RunningServer, encrypt: bool) -> No
 
 
 def test_path_of_shares_is_not_disclosed(server: RunningServer, tmp_path: Path) -> None:
-    rpcclient = require(RPCCLIENT, "rpcclient")
+    rpcclient = require_tool(RPCCLIENT, "rpcclient")
     result = subprocess.run(
         [rpcclient, "-p", str(server.port), "-U", f"{USER}%{PASSWORD}", "--configfile=/dev/null",
          "--option=clientmaxprotocol=SMB3", "-c", "netshareenumall 2; netsharegetinfo data 502", server.host],

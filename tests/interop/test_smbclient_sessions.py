@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.smbserver import PASSWORD, USER, RunningServer, smb_server
 
 SMBCLIENT = shutil.which("smbclient")
@@ -18,10 +18,7 @@ SMBCLIENT = shutil.which("smbclient")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    if SMBCLIENT is None:
-        if IN_CI:
-            pytest.fail("smbclient is not installed (scripts/setup.sh installs it when run as root)")
-        pytest.skip("smbclient is not installed")
+    require_tool(SMBCLIENT, "smbclient")
     with smb_server(tmp_path_factory.mktemp("smbclient")) as running:
         yield running
 

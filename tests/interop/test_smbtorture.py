@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import require_tool
 from tests.support.smbserver import RunningServer
 from tests.support.smbtorture import (
     BASELINE,
@@ -32,12 +32,7 @@ SMBTORTURE = find_smbtorture()
 
 @pytest.fixture
 def smbtorture() -> str:
-    if SMBTORTURE is None:
-        message = "smbtorture is not installed (samba-testsuite; scripts/setup.sh installs it as root)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return SMBTORTURE
+    return require_tool(SMBTORTURE, "smbtorture", "samba-testsuite")
 
 
 @pytest.fixture
