@@ -570,3 +570,43 @@ def test_a_write_with_an_older_channel_sequence_is_refused(users: UserDatabase) 
     assert write(1) == NTStatus.SUCCESS  # the client moved on after a channel failure
     assert write(0) == NTStatus.FILE_NOT_AVAILABLE  # late, from the old channel
     assert write(1) == NTStatus.SUCCESS
+
+
+def test_a_replay_waits_for_the_requests_from_before_the_move(users: UserDatabase) -> None:
+    """MS-SMB2 3.3.5.2.10: a WRITE still running with the old ChannelSequence holds back a
+    replay (STATUS_FILE_NOT_AVAILABLE, the client tries again) until it is answered."""
+    state = ServerState()
+    client, shell, tree = logged_in(state, users)
+    open_file(client, shell, tree, "f.txt", 0)
+    (file_id,) = state.opens
+
+    def send_write(sequence: int, *, replay: bool = False) -> int:
+        header = Header(command=Command.WRITE, credits=8, message_id=client.message_id, status=sequence,
+                        flags=Flags.REPLAY_OPERATION if replay else Flags(0),
+                        reserved_or_async=Header.sync_field(tree), session_id=client.session_id)  # fmt: skip
+        msg = bytearray(header.to_bytes() + WriteRequest(0, file_id, memoryview(b"x")).encode_head() + b"x")
+        assert client.signer is not None
+        client.signer.sign_in_place(msg)
+        mid = client.message_id
+        client.message_id += 1
+        client.server.receive_pdu(bytes(msg))
+        return mid
+
+    def answer(ops: list[FileOperation]) -> list[int]:
+        for op in ops:
+            client.server.complete(op.op_id, FileResult(NTStatus.SUCCESS, b"\x10\x00" + bytes(14)))
+        return [h.status for h, _ in _responses(client)]
+
+    send_write(0)
+    (old,) = client.server.events()  # running on the file, not answered yet (the channel died)
+    send_write(1)  # the client moved to 1 on another channel: this one runs
+    (moved,) = client.server.events()
+    assert answer([moved]) == [NTStatus.SUCCESS]
+    send_write(1, replay=True)  # the old one's replay: held back, the old write still runs
+    assert client.server.events() == [] and answer([]) == [NTStatus.FILE_NOT_AVAILABLE]
+    assert answer([old]) == [NTStatus.SUCCESS]
+    send_write(1, replay=True)  # nothing from before runs any more
+    (replayed,) = client.server.events()
+    assert answer([replayed]) == [NTStatus.SUCCESS]
+    opened = state.opens[file_id]
+    assert opened.outstanding_requests == opened.outstanding_pre_requests == 0

@@ -322,6 +322,9 @@ def _session_flags(result: AuthStep) -> int:
     return SessionFlags.IS_NULL if result.anonymous else SessionFlags.IS_GUEST if result.guest else 0
 
 
+#: The requests whose ChannelSequence is checked and counted (MS-SMB2 3.3.5.2.10).
+_MODIFYING = (WriteRequest, SetInfoRequest, IoctlRequest)
+
 #: Who a null session's operations run for (the name Windows gives the anonymous SID, S-1-5-7).
 ANONYMOUS_LOGON: Final = "ANONYMOUS LOGON"
 
@@ -403,6 +406,7 @@ class _Waiting:
     async_id: int = 0
     blocked_on: set[Open] = field(default_factory=set)  # oplock breaks a CREATE waits for
     signer: crypto.Signer | None = None  # the channel's, kept: the answer may come after a LOGOFF
+    counted: Open | None = None  # the open whose outstanding requests count this one
 
 
 @dataclass(eq=False)
@@ -420,6 +424,8 @@ class Open:
     breaking_to: OplockLevel | None = None
     break_deadline: float = 0.0
     channel_sequence: int = 0  # the newest ChannelSequence seen on it (MS-SMB2 3.3.5.2.10)
+    outstanding_requests: int = 0  # modifying requests running with that ChannelSequence
+    outstanding_pre_requests: int = 0  # and with older ones: a replay waits for them
     create_guid: bytes | None = None  # from a DH2Q context: a replayed CREATE finds this open
     create_response: bytes = b""  # what the CREATE answered, answered again to its replay
 
@@ -1459,6 +1465,7 @@ class ServerConnection:
             return self._error(header, status, credits, session, tree_id=tree.tree_id)
         handle: object | None = None
         file_id: bytes | None = None
+        counted: Open | None = None
         break_keys: frozenset[Hashable] = frozenset()
         batch_keys: frozenset[Hashable] = frozenset()
         if isinstance(request, CreateRequest):
@@ -1486,12 +1493,12 @@ class ServerConnection:
             if opened is None or opened.session is not session or opened.tree is not tree:
                 return self._error(header, NTStatus.FILE_CLOSED, credits, session, tree_id=tree.tree_id)
             handle = opened.handle
-            if isinstance(request, WriteRequest | SetInfoRequest) and not self._channel_sequence_ok(
-                header, opened
-            ):
-                return self._error(
-                    header, NTStatus.FILE_NOT_AVAILABLE, credits, session, tree_id=tree.tree_id
-                )
+            if isinstance(request, _MODIFYING) and self.dialect >= Dialect.SMB_3_0:
+                if not self._count_channel_sequence(header, opened):
+                    return self._error(
+                        header, NTStatus.FILE_NOT_AVAILABLE, credits, session, tree_id=tree.tree_id
+                    )
+                counted = opened
             if isinstance(request, WriteRequest | LockRequest) or (
                 isinstance(request, SetInfoRequest) and request.info_class in _SIZE_CLASSES
             ):
@@ -1503,21 +1510,45 @@ class ServerConnection:
         )  # fmt: skip
         channel = session.channels.get(self)
         signer = channel.signer if channel is not None else None
-        self._waiting[op.op_id] = _Waiting(chain, op, header, credits, session, tree, signer=signer)
+        self._waiting[op.op_id] = _Waiting(
+            chain, op, header, credits, session, tree, signer=signer, counted=counted
+        )
         return op
 
-    def _channel_sequence_ok(self, header: Header, opened: Open) -> bool:
-        """MS-SMB2 3.3.5.2.10: after a client moved to a newer ChannelSequence (a channel
-        failed and it replays on another), a modifying request still carrying an older one
-        (late from the dead channel) must not reach the file."""
-        if self.dialect < Dialect.SMB_3_0:
-            return True
+    @staticmethod
+    def _count_channel_sequence(header: Header, opened: Open) -> bool:
+        """MS-SMB2 3.3.5.2.10, for the modifying requests (WRITE, SET_INFO, IOCTL): False if
+        it must be refused with STATUS_FILE_NOT_AVAILABLE. After a channel failed the client
+        moves to a newer ChannelSequence and replays there: a request still carrying an
+        older one (late from the dead channel) must not reach the file, and a replay must not
+        run while requests from before the move still do (the client tries it again). Reads
+        are not counted: an old one still running changes nothing a replay could race."""
         ahead = (header.channel_sequence - opened.channel_sequence) & 0xFFFF
+        if ahead == 0:
+            if header.flags & Flags.REPLAY_OPERATION and opened.outstanding_pre_requests:
+                log.info("replay held back by requests from before", extra={"file_id": opened.file_id.hex()})
+                return False
+            opened.outstanding_requests += 1
+            return True
         if ahead >= 0x8000:
             log.info("stale ChannelSequence refused", extra={"file_id": opened.file_id.hex()})
             return False
+        opened.outstanding_pre_requests += opened.outstanding_requests
+        opened.outstanding_requests = 1
         opened.channel_sequence = header.channel_sequence
         return True
+
+    @staticmethod
+    def _uncount(waiting: _Waiting) -> None:
+        """A counted request is answered (MS-SMB2 3.3.4.1): it leaves the count it is in."""
+        opened = waiting.counted
+        if opened is None:
+            return
+        waiting.counted = None
+        if waiting.header.channel_sequence == opened.channel_sequence and opened.outstanding_requests:
+            opened.outstanding_requests -= 1
+        elif opened.outstanding_pre_requests:
+            opened.outstanding_pre_requests -= 1
 
     def _check_io_size(self, header: Header, request: FileRequest) -> int | None:
         """READ/WRITE within the negotiated sizes and paid for in credits (MS-SMB2 3.3.5.2.5)."""
@@ -1609,6 +1640,8 @@ class ServerConnection:
         dropped (a handle it carries is released through :meth:`ServerState.handles_to_close`).
         """
         waiting = self._waiting.pop(op_id, None)
+        if waiting is not None:
+            self._uncount(waiting)  # done with the file, answered or not
         if waiting is None or self.state is ConnState.CLOSED:
             if result.handle is not None:
                 self.server.orphan(result.handle)
