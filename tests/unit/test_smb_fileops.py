@@ -29,6 +29,7 @@ from smbcore.fileops import (
     encode_write_response,
 )
 from smbcore.header import HEADER_SIZE
+from smbcore.ntstatus import NTStatus
 from smbprotocol import open as smbopen
 from smbprotocol.create_contexts import CreateContextName, SMB2CreateContextRequest
 
@@ -61,6 +62,16 @@ def test_create_request_from_smbprotocol() -> None:
     assert (ours.desired_access, ours.file_attributes, ours.share_access) == (0x12019F, 0x80, 0x7)
     assert (ours.disposition, ours.options) == (3, 0x40)
     assert [c.name for c in ours.contexts] == [b"MxAc", b"QFid"]
+
+
+@pytest.mark.parametrize("tag", [b"", b"x", b"xx", b"xxx"])
+def test_a_create_context_tag_under_4_bytes_is_invalid_parameter(tag: bytes) -> None:
+    """smbtorture's smb2.create.blob: Windows refuses tags of 0-3 bytes, takes any longer one."""
+    with pytest.raises(RemoteProtocolError) as info:
+        CreateRequest.decode(PAD + CreateRequest(0x80, 0, 7, 1, 0, "f", (CreateContext(tag, b""),)).encode())
+    assert info.value.status == NTStatus.INVALID_PARAMETER
+    long_tag = CreateRequest(0x80, 0, 7, 1, 0, "f", (CreateContext(b"x" * 17, b""),))
+    assert CreateRequest.decode(PAD + long_tag.encode()) == long_tag
 
 
 def test_create_round_trip_and_smbprotocol_reads_our_response() -> None:

@@ -83,6 +83,8 @@ def test_byte_range_locks(service: tuple[FsFileService, Share, Path]) -> None:
         LockFlags.SHARED | LockFlags.FAIL_IMMEDIATELY,
         LockFlags.UNLOCK,
     )
+    # Several elements each need FAIL_IMMEDIATELY: only a single lock may wait (smb2.lock.valid-request).
+    assert lock(svc, share, a, (0, 1, sh), (2, 1, LockFlags.SHARED)) == NTStatus.INVALID_PARAMETER
     assert lock(svc, share, a, (0, 100, ex)) == NTStatus.SUCCESS
     assert lock(svc, share, b, (50, 10, ex)) == NTStatus.LOCK_NOT_GRANTED
     assert lock(svc, share, b, (50, 10, sh)) == NTStatus.LOCK_NOT_GRANTED

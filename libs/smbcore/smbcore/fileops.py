@@ -124,6 +124,10 @@ def decode_create_contexts(msg: Buffer, offset: int, length: int) -> tuple[Creat
     pos = 0
     while length:
         h = _CreateContextHeader.decode(area, pos)
+        if h.name_length < 4:  # every tag is 4 bytes or more; Windows refuses shorter ones
+            raise RemoteProtocolError(
+                f"create context name of {h.name_length} bytes", NTStatus.INVALID_PARAMETER
+            )
         name = bytes(read_bytes(area, pos + h.name_offset, h.name_length, "create context name"))
         data = (
             bytes(read_bytes(area, pos + h.data_offset, h.data_length, "create context data"))

@@ -385,11 +385,15 @@ class ByteRangeLocks:
     def _lock(opened: OpenFile, ranges: list[_Range], request: LockRequest) -> int:
         """MS-SMB2 3.3.5.14.2: all the elements or none (those granted before a failure are
         released again). An exclusive lock contends with any other lock, the open's own
-        included; a shared one only with another open's exclusive lock (MS-FSA 2.1.5.9)."""
+        included; a shared one only with another open's exclusive lock (MS-FSA 2.1.5.9).
+        Several elements must each say FAIL_IMMEDIATELY: only a single lock may wait."""
         granted: list[_Range] = []
         status = NTStatus.SUCCESS
+        several = len(request.locks) > 1
         for element in request.locks:
-            if element.flags not in _LOCK_FLAGS:
+            if element.flags not in _LOCK_FLAGS or (
+                several and not element.flags & LockFlags.FAIL_IMMEDIATELY
+            ):
                 status = NTStatus.INVALID_PARAMETER
             elif element.offset + element.length > 1 << 64:
                 status = NTStatus.INVALID_LOCK_RANGE
