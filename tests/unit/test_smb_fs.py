@@ -445,13 +445,6 @@ def test_before_open_sees_an_existing_target_before_create_collides(share: FsSha
     assert share.open("new.txt", D.CREATE, 0, RW, pending).create_action == A.CREATED  # nothing there
 
 
-def test_synchronize_alone_asks_for_nothing(share: FsShare) -> None:
-    """As Windows 8 and later and Samba answer (smb2.create.gentest's access mask)."""
-    assert refused(share.open, "file.txt", D.OPEN, 0, AccessMask.SYNCHRONIZE) == NTStatus.ACCESS_DENIED
-    with share.open("file.txt", D.OPEN, 0, AccessMask.SYNCHRONIZE | AccessMask.FILE_READ_ATTRIBUTES):
-        pass
-
-
 # -- case-insensitive names -------------------------------------------------------------------------
 
 

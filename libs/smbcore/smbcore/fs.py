@@ -816,8 +816,10 @@ class FsShare:
         Refused as Windows refuses them (smbtorture smb2.create.gentest): reserved
         CreateOptions bits or attributes (STATUS_INVALID_PARAMETER), the options this server
         does not implement (tree connections, opens by file id, opfilter reservations:
-        STATUS_NOT_SUPPORTED), a DesiredAccess of 0 or SYNCHRONIZE alone (STATUS_ACCESS_DENIED),
-        and an encrypted file (STATUS_ACCESS_DENIED: no encryption)."""
+        STATUS_NOT_SUPPORTED), a DesiredAccess of 0 (STATUS_ACCESS_DENIED), and an encrypted
+        file (STATUS_ACCESS_DENIED: no encryption). SYNCHRONIZE alone is granted, as Windows 7
+        does (smbtorture's smb2.getinfo.getinfo_access needs it; smb2.create.gentest expects the
+        refusal of later Windows)."""
         try:
             disp = CreateDisposition(disposition)
         except ValueError:
@@ -828,8 +830,8 @@ class FsShare:
             raise FsError(NTStatus.INVALID_PARAMETER, f"FileAttributes {file_attributes:#x}")
         if create_options & UNSUPPORTED_CREATE_OPTIONS:
             raise FsError(NTStatus.NOT_SUPPORTED, f"CreateOptions {create_options:#x}")
-        if not desired_access & ~AccessMask.SYNCHRONIZE:  # Windows 8 and later, and Samba
-            raise FsError(NTStatus.ACCESS_DENIED, f"a DesiredAccess of {desired_access:#x} asks for nothing")
+        if not desired_access:
+            raise FsError(NTStatus.ACCESS_DENIED, "a DesiredAccess of 0 asks for nothing")
         if file_attributes & FileAttributes.ENCRYPTED and disp != CreateDisposition.OPEN:
             raise FsError(NTStatus.ACCESS_DENIED, "encrypted files")
         want_dir = bool(create_options & CreateOptions.DIRECTORY_FILE)
