@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from smbcore import fileinfo as fi
+from smbcore import fs
 from smbcore.fileinfo import FileInfoClass, decode_directory_entries
 from smbcore.fileops import (
+    READ_RESPONSE_HEAD_SIZE,
     CloseRequest,
     CreateContext,
     CreateRequest,
@@ -25,7 +29,7 @@ from smbcore.fileops import (
     WriteRequest,
 )
 from smbcore.fileservice import FsFileService, OpenFile
-from smbcore.fs import STATUS_CANNOT_DELETE
+from smbcore.fs import STATUS_CANNOT_DELETE, FsError, FsHandle
 from smbcore.header import Command
 from smbcore.notify import Action, ChangeNotifyRequest, CompletionFilter, decode_notify_information
 from smbcore.ntstatus import NTStatus
@@ -962,3 +966,208 @@ def test_streams_share_apart_but_tie_deletion_to_their_file(
     for handle in (deleter, reader, shared):
         assert close(svc, share, handle) == NTStatus.SUCCESS
     assert not (root / "f.txt").exists()
+
+
+# -- READs answered on the event loop ---------------------------------------------------------
+
+
+def read_op(share: Share, opened: OpenFile, offset: int, length: int, minimum: int = 0) -> FileOperation:
+    request = ReadRequest(length=length, offset=offset, file_id=FID, minimum_count=minimum)
+    return op(Command.READ, request, share, opened)
+
+
+@pytest.fixture
+def threaded(
+    service: tuple[FsFileService, Share, Path], monkeypatch: pytest.MonkeyPatch
+) -> list[FileOperation]:
+    """The operations :meth:`FsFileService.run` hands to a worker thread."""
+    return on_threads(service[0], monkeypatch)
+
+
+def on_threads(svc: FsFileService, monkeypatch: pytest.MonkeyPatch) -> list[FileOperation]:
+    handed: list[FileOperation] = []
+    run_sync = svc.run_sync
+
+    def counted(operation: FileOperation) -> tuple[FileResult, object]:
+        if threading.current_thread() is not threading.main_thread():
+            handed.append(operation)
+        return run_sync(operation)
+
+    monkeypatch.setattr(svc, "run_sync", counted)
+    return handed
+
+
+def nowait_blocks_from(cached: int) -> object:
+    """An ``os.preadv`` whose RWF_NOWAIT reads find only the file's first ``cached`` bytes in
+    the page cache (EAGAIN from there on, a short read up to there), as the kernel answers."""
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags & os.RWF_NOWAIT:
+            if offset >= cached:
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            (buffer,) = buffers
+            return real(fd, [buffer[: cached - offset]], offset, flags)
+        return real(fd, buffers, offset, flags)
+
+    return preadv
+
+
+async def test_a_cached_read_is_answered_on_the_loop(
+    service: tuple[FsFileService, Share, Path], threaded: list[FileOperation]
+) -> None:
+    svc, share, root = service
+    data = os.urandom(3 << 20)
+    (root / "f.bin").write_bytes(data)  # just written: in the page cache
+    f = open_file(svc, share, "f.bin", disposition=1)
+    result, create = await svc.run(read_op(share, f, 1 << 20, 2 << 20))
+    assert result.status == NTStatus.SUCCESS and create is None
+    assert bytes(result.body[READ_RESPONSE_HEAD_SIZE:]) == data[1 << 20 :]
+    assert f.handle.position == 3 << 20
+    assert threaded == []
+    svc.release(f)
+
+
+@pytest.mark.parametrize("cached", [0, 4096])
+async def test_a_read_that_would_block_goes_to_a_thread(
+    service: tuple[FsFileService, Share, Path],
+    threaded: list[FileOperation],
+    monkeypatch: pytest.MonkeyPatch,
+    cached: int,
+) -> None:
+    """EAGAIN at once, or a short read that is not the end of the file (then EAGAIN)."""
+    svc, share, root = service
+    data = os.urandom(1 << 20)
+    (root / "f.bin").write_bytes(data)
+    f = open_file(svc, share, "f.bin", disposition=1)
+    monkeypatch.setattr(fs.os, "preadv", nowait_blocks_from(cached))
+    operation = read_op(share, f, 0, 1 << 20)
+    result, _ = await svc.run(operation)
+    assert result.status == NTStatus.SUCCESS and bytes(result.body[READ_RESPONSE_HEAD_SIZE:]) == data
+    assert threaded == [operation]
+    svc.release(f)
+
+
+async def test_reads_on_the_loop_are_answered_as_on_a_thread(
+    service: tuple[FsFileService, Share, Path], threaded: list[FileOperation]
+) -> None:
+    """Lock conflicts, the end of the file, MinimumCount, access and range checks: each READ
+    gets the same answer from :meth:`FsFileService.run` (on the loop) as from ``run_sync``."""
+    svc, share, root = service
+    data = os.urandom(10_000)
+    (root / "f.bin").write_bytes(data)
+    (root / "g.bin").write_bytes(data)
+    (root / "d").mkdir()
+    a = open_file(svc, share, "f.bin", disposition=1)
+    b = open_file(svc, share, "g.bin", disposition=1)
+    c = open_file(svc, share, "g.bin", disposition=1)
+    exclusive = LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY
+    assert lock(svc, share, b, (100, 10, exclusive)) == NTStatus.SUCCESS
+    _, no_read = open_with(svc, share, "f.bin", 0x80, disposition=1)  # FILE_READ_ATTRIBUTES only
+    _, directory = open_with(svc, share, "d", GENERIC_ALL, disposition=1, options=0x1)
+    closed = open_file(svc, share, "f.bin", disposition=1)
+    closed.handle.close()
+    assert no_read is not None and directory is not None
+    cases = [
+        (a, 0, 10_000, 0, NTStatus.SUCCESS),
+        (a, 9_000, 5_000, 0, NTStatus.SUCCESS),  # short at the end of the file
+        (a, 9_000, 5_000, 2_000, NTStatus.END_OF_FILE),  # fewer than MinimumCount
+        (a, 10_000, 10, 0, NTStatus.END_OF_FILE),  # at the end
+        (a, 20_000, 10, 0, NTStatus.END_OF_FILE),  # past it
+        (a, 10_000, 0, 0, NTStatus.SUCCESS),  # nothing, at the end
+        (c, 95, 10, 0, NTStatus.FILE_LOCK_CONFLICT),  # b's exclusive range
+        (b, 95, 10, 0, NTStatus.SUCCESS),  # the holder's own
+        (c, 110, 10, 0, NTStatus.SUCCESS),  # just past it
+        (a, 1 << 63, 10, 0, NTStatus.INVALID_PARAMETER),
+        (no_read, 0, 10, 0, NTStatus.ACCESS_DENIED),
+        (directory, 0, 10, 0, NTStatus.INVALID_DEVICE_REQUEST),
+        (closed, 0, 10, 0, NTStatus.FILE_CLOSED),
+    ]
+    for opened, offset, length, minimum, expected in cases:
+        on_thread, _ = svc.run_sync(read_op(share, opened, offset, length, minimum))
+        position = opened.handle.position
+        operation = read_op(share, opened, offset, length, minimum)
+        on_loop, _ = await svc.run(operation)
+        assert (on_loop.status, bytes(on_loop.body)) == (on_thread.status, bytes(on_thread.body))
+        assert on_loop.status == expected, (offset, length, minimum)
+        assert position == opened.handle.position
+        if expected == NTStatus.SUCCESS:
+            assert bytes(on_loop.body[READ_RESPONSE_HEAD_SIZE:]) == data[offset : offset + length]
+    # While locks exist, an open's first look for them stats its file: the closed one never can.
+    assert [o.handle for o in threaded] == [closed]
+    for opened in (a, b, c, no_read, directory):
+        svc.release(opened)
+
+
+async def test_a_first_read_that_must_stat_for_locks_goes_to_a_thread(
+    service: tuple[FsFileService, Share, Path], threaded: list[FileOperation]
+) -> None:
+    """While any lock exists, an open's first look for locks stats its file (extended
+    attributes included), which may wait for the disk: that READ goes to a thread."""
+    svc, share, root = service
+    (root / "f.bin").write_bytes(b"data")
+    (root / "g.bin").write_bytes(b"data")
+    g = open_file(svc, share, "g.bin", disposition=1)
+    f = open_file(svc, share, "f.bin", disposition=1)
+    assert (await svc.run(read_op(share, f, 0, 4)))[0].status == NTStatus.SUCCESS  # no lock anywhere
+    assert threaded == []
+    assert lock(svc, share, g, (0, 1, LockFlags.EXCLUSIVE | LockFlags.FAIL_IMMEDIATELY)) == NTStatus.SUCCESS
+    first, second = read_op(share, f, 0, 4), read_op(share, f, 0, 4)
+    assert (await svc.run(first))[0].status == NTStatus.SUCCESS
+    assert (await svc.run(second))[0].status == NTStatus.SUCCESS
+    assert threaded == [first]
+    svc.release(f)
+    svc.release(g)
+
+
+async def test_a_read_over_the_inline_limit_or_of_a_stream_goes_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = FsFileService(inline_read_max=4096)
+    share = Share("data", path=str(tmp_path))
+    (tmp_path / "f.bin").write_bytes(bytes(8192))
+    handed = on_threads(svc, monkeypatch)
+    f = open_file(svc, share, "f.bin", disposition=1)
+    small, large = read_op(share, f, 0, 4096), read_op(share, f, 0, 8192)
+    assert (await svc.run(small))[0].status == NTStatus.SUCCESS
+    assert (await svc.run(large))[0].status == NTStatus.SUCCESS
+    assert handed == [large]
+    stream = open_file(svc, share, "f.bin:s", disposition=2)  # kept in an extended attribute
+    assert write(svc, share, stream, 0, b"stream") == NTStatus.SUCCESS
+    from_stream = read_op(share, stream, 0, 100)
+    result, _ = await svc.run(from_stream)
+    assert result.status == NTStatus.SUCCESS and bytes(result.body[READ_RESPONSE_HEAD_SIZE:]) == b"stream"
+    assert handed == [large, from_stream]
+    svc.release(stream)
+    svc.release(f)
+    svc.close()
+
+
+async def test_a_bug_on_the_loop_sends_the_read_to_a_thread(
+    service: tuple[FsFileService, Share, Path],
+    threaded: list[FileOperation],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected exception on the loop never escapes from there: the READ is answered as
+    the thread answers it. An FsError is the READ's answer, as on the thread."""
+    svc, share, root = service
+    (root / "f.bin").write_bytes(b"data")
+    f = open_file(svc, share, "f.bin", disposition=1)
+
+    def broken(self: FsHandle, buffer: memoryview, offset: int) -> int | None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(FsHandle, "readinto_nowait", broken)
+    operation = read_op(share, f, 0, 4)
+    result, _ = await svc.run(operation)
+    assert result.status == NTStatus.SUCCESS and bytes(result.body[READ_RESPONSE_HEAD_SIZE:]) == b"data"
+    assert threaded == [operation] and "a READ on the event loop failed" in caplog.text
+
+    def failing(self: FsHandle, buffer: memoryview, offset: int) -> int | None:
+        raise FsError(NTStatus.ACCESS_DENIED, "no")
+
+    monkeypatch.setattr(FsHandle, "readinto_nowait", failing)
+    assert (await svc.run(read_op(share, f, 0, 4)))[0].status == NTStatus.ACCESS_DENIED
+    assert threaded == [operation]
+    svc.release(f)

@@ -713,6 +713,53 @@ def test_io_access_checks(share: FsShare) -> None:
         h.flush()
 
 
+def test_readinto_nowait_reads_the_page_cache_with_readinto_checks(
+    share: FsShare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same count and checks as readinto; None (never an error) when the kernel would
+    wait or the read fails, which readinto then reports."""
+    with share.open("file.txt", D.OPEN, 0, READ) as h:
+        buf = bytearray(8)
+        assert h.readinto_nowait(memoryview(buf)[2:], 6) == 5  # just written: cached; short at EOF
+        assert buf == b"\0\0world\0"
+        assert h.readinto_nowait(memoryview(bytearray(4)), 11) == 0  # at EOF
+        assert h.readinto_nowait(memoryview(bytearray(4)), 100) == 0  # past it
+        assert h.readinto_nowait(memoryview(bytearray(0)), 0) == 0
+        assert refused(h.readinto_nowait, memoryview(bytearray(1)), -1) == NTStatus.INVALID_PARAMETER
+        real = os.preadv
+
+        def preadv(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+            if not flags & os.RWF_NOWAIT:
+                return real(fd, buffers, offset, flags)
+            if offset >= 4:  # only the first 4 bytes are cached
+                raise BlockingIOError(errno.EAGAIN, "would block")
+            return real(fd, [buffers[0][: 4 - offset]], offset, flags)
+
+        monkeypatch.setattr(os, "preadv", preadv)
+        assert h.readinto_nowait(memoryview(bytearray(4)), 0) == 4
+        assert h.readinto_nowait(memoryview(bytearray(8)), 0) is None  # short, then EAGAIN
+        assert h.readinto_nowait(memoryview(bytearray(4)), 6) is None  # EAGAIN
+        buf = bytearray(8)
+        assert h.readinto(memoryview(buf), 0) == 8 and buf == b"hello wo"
+
+        def failing(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+            raise OSError(errno.EIO, "I/O error")
+
+        monkeypatch.setattr(os, "preadv", failing)
+        assert h.readinto_nowait(memoryview(bytearray(4)), 0) is None
+        assert refused(h.readinto, memoryview(bytearray(4)), 0) == ERRNO_STATUS[errno.EIO]
+        monkeypatch.undo()
+    assert refused(h.readinto_nowait, memoryview(bytearray(1)), 0) == NTStatus.FILE_CLOSED
+    with share.open("file.txt", D.OPEN, 0, AccessMask.FILE_READ_ATTRIBUTES) as h:
+        assert refused(h.readinto_nowait, memoryview(bytearray(1)), 0) == NTStatus.ACCESS_DENIED
+    with share.open("dir", D.OPEN, 0, ALL) as h:
+        assert refused(h.readinto_nowait, memoryview(bytearray(1)), 0) == NTStatus.INVALID_DEVICE_REQUEST
+    if share.xattrs:  # a stream's attribute may have to come from the disk: never on the loop
+        with share.open("file.txt:s", D.CREATE, 0, RW) as h:
+            assert h.pwrite(b"data", 0) == 4
+            assert h.readinto_nowait(memoryview(bytearray(4)), 0) is None
+
+
 def test_times_attributes_and_set_info(share: FsShare, root: Path) -> None:
     when = fi.unix_ns_to_filetime(1_600_000_000 * 10**9)
     with share.open("file.txt", D.OPEN, 0, RW) as h:

@@ -2,7 +2,10 @@
 
 :class:`FsFileService` receives :class:`~smbcore.server.FileOperation` events, runs each on
 the :mod:`smbcore.fs` backend in a worker thread (disk I/O never blocks the event loop) and
-returns the status and response body the core sends. Per-request failures (a missing
+returns the status and response body the core sends. A READ whose range is all in the page
+cache is the exception: it is answered on the loop (``preadv2`` with ``RWF_NOWAIT``, which
+reads only what needs no I/O), by the same code, saving the hop to a thread and back; when
+the kernel would have to wait it goes to a thread like the rest. Per-request failures (a missing
 file, an unknown information class, a short SET_INFO buffer) become that request's status;
 they never close the connection.
 
@@ -84,6 +87,11 @@ log = logging.getLogger(__name__)
 #: Bytes a directory entry takes in a typical response (FileIdBothDirectoryInformation with a
 #: short name): how many entries a later QUERY_DIRECTORY looks at again for its response.
 _TYPICAL_DIRECTORY_ENTRY = 128
+#: Largest READ answered on the event loop when its data is in the page cache (larger ones,
+#: and those that would wait for the disk, go to a worker thread); the default is the largest
+#: READ the server negotiates, 8 MiB, whose copy from the page cache takes the loop well under
+#: the time it then spends signing or encrypting the response (docs/benchmarks.md).
+INLINE_READ_MAX = 8 << 20
 #: Largest offset+length a WRITE may reach (INT64_MAX, as Windows and Samba check).
 MAX_FILE_OFFSET = 0x7FFFFFFFFFFFFFFF
 
@@ -230,6 +238,19 @@ class _BreakNeeded(Exception):
     def __init__(self, key: tuple[int, int]) -> None:
         super().__init__(key)
         self.key = key
+
+
+#: What a request's handling may raise that is its answer, never the connection's end (a
+#: malformed info buffer, say, concerns this request only). Anything else is a bug, which the
+#: shell answers STATUS_UNSUCCESSFUL.
+_REQUEST_ERRORS = (FsError, RemoteProtocolError, _BreakNeeded)
+
+
+def _failed(exc: FsError | RemoteProtocolError | _BreakNeeded) -> FileResult:
+    """The answer to a request whose handling raised one of :data:`_REQUEST_ERRORS`."""
+    if isinstance(exc, _BreakNeeded):
+        return FileResult(NTStatus.OPLOCK_BREAK_IN_PROGRESS, file_key=exc.key)
+    return FileResult(exc.status)
 
 
 def _wake_first(waiters: collections.deque[asyncio.Future[int]]) -> None:
@@ -432,6 +453,13 @@ class ByteRangeLocks:
                     return True
             return False
 
+    def known(self, opened: OpenFile) -> bool:
+        """Can :meth:`io_conflicts` answer for ``opened`` without touching the disk? Not while
+        some lock exists and this open has not been looked up yet: that takes a stat of the
+        file (with its extended attributes). Checked without the guard: a lock taken meanwhile
+        only costs that stat."""
+        return not self._ranges or opened.lock_key is not None
+
     def release(self, opened: OpenFile) -> None:
         """Drop every lock of an open that is closing."""
         dropped = False
@@ -449,8 +477,9 @@ class ByteRangeLocks:
 class FsFileService:
     """File operations on :class:`~smbcore.fs.FsShare` roots, one backend per share path."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, inline_read_max: int = INLINE_READ_MAX) -> None:
         self._read_buffers = BufferPool()  # READ response bodies, reused once sent
+        self._inline_read_max = inline_read_max
         self._shares: dict[str, FsShare] = {}
         self._guard = threading.Lock()
         self._locks = ByteRangeLocks(self._locks_released)
@@ -475,7 +504,29 @@ class FsFileService:
             return await self._lock_waiting(op)
         if isinstance(request, ChangeNotifyRequest):
             return FileResult(*await self._change_notify(op, request)), None
+        if (
+            isinstance(request, ReadRequest)
+            and request.length <= self._inline_read_max
+            and isinstance(op.handle, OpenFile)
+            and self._locks.known(op.handle)
+        ):
+            answered = self._read_nowait(op.handle, request)
+            if answered is not None:
+                return answered, None
         return await asyncio.to_thread(self.run_sync, op)
+
+    def _read_nowait(self, opened: OpenFile, request: ReadRequest) -> FileResult | None:
+        """On the loop: the READ answered as :meth:`run_sync` answers it, if its data is in the
+        page cache; None when the kernel would have to wait (or cannot say), and the READ goes
+        to a thread. So does one that meets a bug: the thread's answer is then the answer."""
+        try:
+            answer = self._read(opened, request, opened.handle.readinto_nowait)
+        except _REQUEST_ERRORS as exc:
+            return _failed(exc)
+        except Exception:
+            log.exception("a READ on the event loop failed; it goes to a thread")
+            return None
+        return None if answer is None else FileResult(*answer)
 
     async def _change_notify(self, op: FileOperation, request: ChangeNotifyRequest) -> tuple[int, bytes]:
         """MS-SMB2 3.3.5.19: answer with the changes seen since the last answer, or wait for
@@ -638,12 +689,8 @@ class FsFileService:
                 return self._create(op, request)
             assert isinstance(op.handle, OpenFile)
             return FileResult(*self._on_open(op.handle, request)), None
-        except FsError as exc:
-            return FileResult(exc.status), None
-        except RemoteProtocolError as exc:  # a malformed info buffer concerns this request only
-            return FileResult(exc.status), None
-        except _BreakNeeded as exc:
-            return FileResult(NTStatus.OPLOCK_BREAK_IN_PROGRESS, file_key=exc.key), None
+        except _REQUEST_ERRORS as exc:
+            return _failed(exc), None
 
     def _create(
         self, op: FileOperation, req: CreateRequest
@@ -727,21 +774,9 @@ class FsFileService:
     ) -> tuple[int, bytes | bytearray]:
         handle = opened.handle
         if isinstance(request, ReadRequest):
-            # Read straight into the response body: one buffer, no intermediate copy.
-            if self._locks.io_conflicts(opened, request.offset, request.length, write=False):
-                return NTStatus.FILE_LOCK_CONFLICT, b""
-            # The buffer is a pooled one (no zeroed 8 MiB per READ); a short read (the end of
-            # the file) is copied out of it, so that the pooled buffer keeps its size.
-            head = READ_RESPONSE_HEAD_SIZE
-            body = self._read_buffers.take(head + request.length)
-            got = handle.readinto(memoryview(body)[head:], request.offset)
-            if (request.length and not got) or got < request.minimum_count:
-                return NTStatus.END_OF_FILE, b""
-            if got < request.length:
-                body = body[: head + got]
-            body[:head] = encode_read_response_head(got)
-            handle.position = request.offset + got  # FilePositionInformation follows I/O
-            return NTStatus.SUCCESS, body
+            answer = self._read(opened, request, handle.readinto)
+            assert answer is not None  # readinto always reads
+            return answer
         if isinstance(request, WriteRequest):
             offset = request.offset
             if offset + len(request.data) > MAX_FILE_OFFSET:
@@ -787,6 +822,29 @@ class FsFileService:
         if isinstance(request, LockRequest):
             return self._locks.apply(opened, request)
         return NTStatus.INVALID_PARAMETER, b""  # CREATE never targets an open
+
+    def _read(
+        self, opened: OpenFile, request: ReadRequest, readinto: Callable[[memoryview, int], int | None]
+    ) -> tuple[int, bytes | bytearray] | None:
+        """MS-SMB2 3.3.5.12, with ``readinto`` (the handle's, or its non-blocking variant, which
+        gives None when it would block: then so does this, and nothing has changed)."""
+        # Read straight into the response body: one buffer, no intermediate copy.
+        if self._locks.io_conflicts(opened, request.offset, request.length, write=False):
+            return NTStatus.FILE_LOCK_CONFLICT, b""
+        # The buffer is a pooled one (no zeroed 8 MiB per READ); a short read (the end of
+        # the file) is copied out of it, so that the pooled buffer keeps its size.
+        head = READ_RESPONSE_HEAD_SIZE
+        body = self._read_buffers.take(head + request.length)
+        got = readinto(memoryview(body)[head:], request.offset)
+        if got is None:
+            return None
+        if (request.length and not got) or got < request.minimum_count:
+            return NTStatus.END_OF_FILE, b""
+        if got < request.length:
+            body = body[: head + got]
+        body[:head] = encode_read_response_head(got)
+        opened.handle.position = request.offset + got  # FilePositionInformation follows I/O
+        return NTStatus.SUCCESS, body
 
     def _query_directory(self, opened: OpenFile, req: QueryDirectoryRequest) -> tuple[int, bytes]:
         """MS-SMB2 3.3.5.18: the names are taken at the first query (or a restart) and handed

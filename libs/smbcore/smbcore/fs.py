@@ -1,6 +1,7 @@
 """The filesystem behind a disk share: a directory tree served with SMB2 CREATE semantics.
 
-Synchronous and blocking: the server's asyncio shell calls it from worker threads. One
+Synchronous and blocking: the server's asyncio shell calls it from worker threads (all but
+:meth:`FsHandle.readinto_nowait`, which never blocks and may run on the event loop). One
 :class:`FsShare` per share (it holds a descriptor of the share root for its lifetime), one
 :class:`FsHandle` per open. Every failure is an :class:`FsError` carrying the NTSTATUS to
 answer; every ``OSError`` is translated through the one table :data:`ERRNO_STATUS`.
@@ -337,6 +338,8 @@ WRITE_ACCESS = (
 READ_ONLY_ACCESS = FILE_ALL_ACCESS & ~WRITE_ACCESS
 _DATA_WRITE = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
 _DATA_READ = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
+#: preadv2's "only if it needs no I/O" flag (Linux 4.14+ for buffered reads); 0 elsewhere.
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 #: NTFS's limit on file sizes (16 TiB less 64 KiB), as Windows applies it to WRITE: a write
 #: that starts there or later is STATUS_INVALID_PARAMETER, one that would make the file reach
 #: it STATUS_DISK_FULL (smbtorture smb2.rw.invalid).
@@ -1369,18 +1372,39 @@ class FsHandle:
 
     def readinto(self, buffer: memoryview, offset: int) -> int:
         """Read into a caller's (writable) buffer at ``offset``; the count, short only at EOF."""
+        self._check_read(buffer, offset)
+        try:
+            return self._preadv_all(buffer, offset, 0)
+        except OSError as exc:
+            raise _os_error(exc, f"read of {self.smb_path!r}") from None
+
+    def readinto_nowait(self, buffer: memoryview, offset: int) -> int | None:
+        """:meth:`readinto` from the page cache alone (``preadv2`` with ``RWF_NOWAIT``), for
+        the event loop: the same checks and count, or None when some of the range is not
+        cached (EAGAIN) or the read fails otherwise; the caller then does :meth:`readinto`
+        on a thread, which also reports any error. The buffer may have been written to."""
+        self._check_read(buffer, offset)
+        if not _RWF_NOWAIT:
+            return None
+        try:
+            return self._preadv_all(buffer, offset, _RWF_NOWAIT)
+        except OSError:
+            return None
+
+    def _check_read(self, buffer: memoryview, offset: int) -> None:
         self._need(_DATA_READ, "read")
         self._need_file("read")
         self._check_range(offset, len(buffer))
+
+    def _preadv_all(self, buffer: memoryview, offset: int, flags: int) -> int:
+        """Fill ``buffer`` from ``offset`` until it is full or the file ends; the count. A short
+        read is asked again: with RWF_NOWAIT the next one reads 0 (EOF) or fails with EAGAIN."""
         total = 0
-        try:
-            while total < len(buffer):
-                got = os.preadv(self._fd, [buffer[total:]], offset + total)
-                if not got:
-                    break
-                total += got
-        except OSError as exc:
-            raise _os_error(exc, f"read of {self.smb_path!r}") from None
+        while total < len(buffer):
+            got = os.preadv(self._fd, [buffer[total:]], offset + total, flags)
+            if not got:
+                break
+            total += got
         return total
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
@@ -1909,6 +1933,10 @@ class FsStreamHandle(FsHandle):
         data = self.pread(len(buffer), offset)
         buffer[: len(data)] = data
         return len(data)
+
+    def readinto_nowait(self, buffer: memoryview, offset: int) -> int | None:
+        """Never from the loop: reading the attribute may wait for the disk."""
+        return None
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
         self._need(_DATA_WRITE, "write")
