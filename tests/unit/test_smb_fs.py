@@ -1012,3 +1012,16 @@ def test_a_stream_is_renamed_within_its_file(share: FsShare) -> None:
         h.rename(":two", replace=True)
         assert h.streams() == (("two", 3),)
         assert h.pread(10, 0) == b"one"
+
+
+def test_no_stream_is_created_on_a_read_only_share(root: Path) -> None:
+    with FsShare(root) as writable:
+        if not writable.xattrs:
+            pytest.skip("the filesystem keeps no user extended attributes")
+        with writable.open("file.txt:kept", D.CREATE, 0, RW) as h:
+            h.pwrite(b"k", 0)
+    with FsShare(root, read_only=True) as share:
+        assert refused(share.open, "file.txt:new", D.OPEN_IF, 0, READ) == NTStatus.ACCESS_DENIED
+        with share.open("file.txt:kept", D.OPEN_IF, 0, READ) as h:
+            assert h.pread(10, 0) == b"k"
+            assert h.streams() == (("kept", 1),)

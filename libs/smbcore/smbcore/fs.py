@@ -987,6 +987,8 @@ class FsShare:
             if stored is None:
                 if opens_only:
                     raise FsError(NTStatus.OBJECT_NAME_NOT_FOUND, f"no stream {stream!r}")
+                if self.read_only:
+                    raise FsError(NTStatus.ACCESS_DENIED, "creating a stream on a read-only share")
                 stored, action = XATTR_STREAM_PREFIX + stream, CreateAction.CREATED
                 _set_stream(base.fileno(), stored, b"", os.XATTR_CREATE)
             elif disp == CreateDisposition.CREATE:
