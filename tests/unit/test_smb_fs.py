@@ -988,6 +988,8 @@ def test_a_stream_too_large_for_an_attribute_is_disk_full(share: FsShare) -> Non
         pytest.skip("the filesystem keeps no user extended attributes")
     with share.open("file.txt:big", D.CREATE, 0, RW) as h:
         assert refused(h.pwrite, b"x", MAX_STREAM_SIZE) == STATUS_DISK_FULL
+        assert refused(h.truncate, 1 << 62) == STATUS_DISK_FULL  # no 4 EiB of zeros made first
+        assert h.pwrite(b"", 1000) == 0 and h.stat().end_of_file == 0
 
 
 def test_normalized_name_is_the_stored_case(share: FsShare, root: Path) -> None:

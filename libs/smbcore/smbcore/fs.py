@@ -1946,6 +1946,8 @@ class FsStreamHandle(FsHandle):
         self._check_range(offset, len(view))
         if offset + len(view) > MAX_STREAM_SIZE:
             raise FsError(STATUS_DISK_FULL, f"a stream write up to {offset + len(view)}")
+        if not view:
+            return 0  # a write of nothing extends nothing
         with self._guard:
             value = bytearray(self._value())
             if offset > len(value):
@@ -1960,6 +1962,8 @@ class FsStreamHandle(FsHandle):
     def truncate(self, size: int) -> None:
         self._need(AccessMask.FILE_WRITE_DATA, "set end of file")
         self._check_range(size, 0)
+        if size > MAX_STREAM_SIZE:  # before making the zeros: a client may ask for 2**62
+            raise FsError(STATUS_DISK_FULL, f"a stream of {size} bytes")
         with self._guard:
             value = self._value()
             _set_stream(self._fd, self._xattr, value[:size] + bytes(max(0, size - len(value))))
